@@ -1,0 +1,54 @@
+"""MDS shard IO for packed token rows, through mosaicml-streaming's own writer and reader."""
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+from streaming import MDSWriter
+
+TOKENS = "tokens"
+
+
+def columns(seq_len: int) -> dict[str, str]:
+    return {TOKENS: f"ndarray:int32:{seq_len}"}
+
+
+class SplitWriters:
+    """One MDSWriter per split under `root/<split>/`, opened together and closed together."""
+
+    def __init__(self, root: Path, splits: tuple[str, ...], seq_len: int, compression: str | None = "zstd",
+                 size_limit: str = "64mb"):
+        self._stack = ExitStack()
+        self.writers = {
+            s: self._stack.enter_context(
+                MDSWriter(out=str(root / s), columns=columns(seq_len), compression=compression, size_limit=size_limit)
+            )
+            for s in splits
+        }
+
+    def write(self, split: str, row: np.ndarray) -> None:
+        self.writers[split].write({TOKENS: row})
+
+    def __enter__(self) -> "SplitWriters":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.__exit__(*exc)
+
+
+def split_seq_len(split_dir: Path) -> int:
+    """seq_len recorded in a split's MDS index (from the column encoding)."""
+    index = json.loads((split_dir / "index.json").read_text())
+    shard = index["shards"][0]
+    enc = shard["column_encodings"][shard["column_names"].index(TOKENS)]
+    return int(enc.rsplit(":", 1)[1])
+
+
+def open_split(split_dir: str | Path):
+    """Random access by global sample index to a split, compressed or not (streaming decompresses shards on first
+    access). Used for eval, where each rank strides over the whole split itself."""
+    from streaming import StreamingDataset
+
+    return StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1, replication=None)

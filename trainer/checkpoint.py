@@ -1,0 +1,97 @@
+"""Checkpoints: DeepSpeed's own sharded save/load, made atomic.
+
+    checkpoints/<tag>/            DeepSpeed shards (model, optimizer, scheduler) + client state + rng_rank<R>.pt
+    checkpoints/<tag>/COMPLETE    written by rank 0 after every rank finished writing (barrier)
+    checkpoints/latest            the newest complete tag, replaced atomically after COMPLETE
+
+A folder without COMPLETE is an interrupted save and is never loaded.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+COMPLETE = "COMPLETE"
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from: one line naming the folder and the problem."""
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save(engine, root: Path, step: int, client_state: dict, rank: int, world: int) -> Path:
+    tag = tag_for(step)
+    engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+    torch.save(_rng_state(), root / tag / f"rng_rank{rank}.pt")
+    _barrier()  # every rank has written its shards
+    if rank == 0:
+        marker = {"step": step, "world_size": world, "time": time.time(),
+                  "tokens_seen": client_state.get("tokens_seen")}
+        (root / tag / COMPLETE).write_text(json.dumps(marker) + "\n")
+        tmp = root / (LATEST + ".tmp")
+        tmp.write_text(tag)
+        tmp.replace(root / LATEST)
+    _barrier()
+    return root / tag
+
+
+def resolve(root: Path, which: str) -> str:
+    """The tag to resume from: 'auto' (the newest complete checkpoint, or none), 'latest', or an explicit tag."""
+    if which == "auto":
+        complete = sorted(p.name for p in root.glob("step_*") if (p / COMPLETE).is_file()) if root.is_dir() else []
+        return complete[-1] if complete else ""
+    if which == "latest":
+        latest = root / LATEST
+        if not latest.is_file():
+            raise CheckpointError(f"{root}: no '{LATEST}' file; nothing to resume from")
+        tag = latest.read_text().strip()
+        if not tag or "/" in tag or not (root / tag).is_dir():
+            raise CheckpointError(f"{latest} names '{tag[:60]}', which is not a checkpoint folder in {root}")
+    else:
+        tag = which
+    if not (root / tag).is_dir():
+        raise CheckpointError(f"{root / tag}: no such checkpoint")
+    if not (root / tag / COMPLETE).is_file():
+        raise CheckpointError(f"{root / tag}: incomplete checkpoint (no {COMPLETE} marker; the save was interrupted)")
+    return tag
+
+
+def load(engine, root: Path, tag: str, rank: int, world: int) -> dict:
+    marker = json.loads((root / tag / COMPLETE).read_text())
+    if marker["world_size"] != world:
+        raise CheckpointError(f"{root / tag} was saved by {marker['world_size']} ranks, this run has {world}; "
+                              f"resume with the same world size")
+    rng = root / tag / f"rng_rank{rank}.pt"
+    if not rng.is_file():
+        raise CheckpointError(f"{root / tag}: missing {rng.name}")
+    path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+    if path is None:
+        raise CheckpointError(f"{root / tag}: DeepSpeed could not load it")
+    _set_rng_state(torch.load(rng, weights_only=False))
+    return client_state

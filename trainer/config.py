@@ -1,0 +1,191 @@
+"""Typed run configuration: YAML in, validated pydantic model out.
+
+Every section forbids unknown keys, so a typo fails with the dotted key in the message instead of being ignored.
+`load_config(path, overrides)` is the one entry point; overrides are `dotted.key=value` strings parsed as YAML scalars.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad config: the message is one line that names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelCfg(Section):
+    path: str  # local folder with a HF causal LM (config.json + weights) and its tokenizer
+    tokenizer: str | None = None  # defaults to `path`
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    attn_impl: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    activation_checkpointing: bool = False
+    trust_remote_code: bool = False
+
+
+class StreamCfg(Section):
+    name: str
+    path: str  # prepared domain folder (holds manifest.json and train/ val/ test/)
+    proportion: float = Field(default=1.0, gt=0)
+
+
+class DataCfg(Section):
+    streams: list[StreamCfg] = Field(min_length=1)
+    seq_len: int | None = Field(default=None, gt=1)  # must equal the shards' seq_len; None takes it from the manifests
+    micro_batch: int = Field(default=1, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    shuffle: bool = True
+
+
+class OptimCfg(Section):
+    lr: float = Field(default=1e-5, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
+    accumulation: int = Field(default=1, gt=0)
+
+
+class RunCfg(Section):
+    out_dir: str = "runs"
+    name: str = "run"
+    seed: int = 0
+    max_steps: int = Field(default=100, gt=0)
+    # Save a checkpoint and exit cleanly at this step, with the schedule still planned for max_steps (split a run
+    # across jobs of fixed length; tests use it to compare a resumed run with an uninterrupted one).
+    halt_at_step: int | None = Field(default=None, gt=0)
+    log_interval: int = Field(default=1, gt=0)
+
+
+class EvalDomainCfg(Section):
+    name: str
+    path: str
+
+
+class EvalCfg(Section):
+    interval: int = Field(default=50, ge=0)  # 0: only the baseline (step 0) and the final step
+    domains: list[EvalDomainCfg] = Field(default_factory=list)  # the training streams are always added
+    max_samples: int | None = Field(default=None, gt=0)  # per domain, taken from the start of its test split
+    split: Literal["test", "val"] = "test"
+    micro_batch: int | None = Field(default=None, gt=0)  # defaults to data.micro_batch
+
+
+class CheckpointCfg(Section):
+    interval: int = Field(default=0, ge=0)  # 0: save only at the end
+    save_final: bool = True
+
+
+class DeepSpeedCfg(Section):
+    config: str = "zero3"  # a name under ds_configs/ or a path to the user's JSON
+    overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys applied to the JSON after "auto" filling
+
+
+class TrackingCfg(Section):
+    experiment: str = "odyssey"
+    run_name: str | None = None  # defaults to run.name
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class Config(Section):
+    model: ModelCfg
+    data: DataCfg
+    optim: OptimCfg = Field(default_factory=OptimCfg)
+    run: RunCfg = Field(default_factory=RunCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+    checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
+    deepspeed: DeepSpeedCfg = Field(default_factory=DeepSpeedCfg)
+    tracking: TrackingCfg = Field(default_factory=TrackingCfg)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Config":
+        for what, names in (("data.streams", [s.name for s in self.data.streams]),
+                            ("eval.domains", [d.name for d in self.eval.domains])):
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"{what}: duplicate name(s) {sorted(dup)}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.out_dir) / self.run.name
+
+    def eval_domains(self) -> list[EvalDomainCfg]:
+        """Training streams first, then the extra eval domains, each once by name."""
+        seen: dict[str, EvalDomainCfg] = {s.name: EvalDomainCfg(name=s.name, path=s.path) for s in self.data.streams}
+        for d in self.eval.domains:
+            seen.setdefault(d.name, d)
+        return list(seen.values())
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            if k in node:
+                raise ConfigError(f"override {dotted}: '{k}' is not a section")
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"config key '{key}': {msg}{more}"
+
+
+def config_from_dict(tree: dict) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return config_from_dict(apply_overrides(tree, overrides or []))
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a nested dict (for MLflow params)."""
+    out: dict[str, Any] = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(tree, list) and tree and all(isinstance(x, dict) for x in tree):
+        for i, v in enumerate(tree):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix[:-1]] = tree
+    return out

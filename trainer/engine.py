@@ -1,0 +1,137 @@
+"""DeepSpeed: fill the JSON's "auto" fields from the typed config, then build the ZeRO engine around the plain HF model.
+
+The model is loaded while an `HfDeepSpeedConfig` is alive, so under ZeRO-3 `from_pretrained` materialises each parameter
+already partitioned and no rank ever holds a full copy.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import Config, ConfigError
+
+DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+
+
+def resolve_ds_path(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix != ".json":
+        path = DS_CONFIG_DIR / f"{name_or_path}.json"
+    if not path.is_file():
+        raise ConfigError(f"deepspeed.config: no DeepSpeed JSON at {path}")
+    return path
+
+
+class LrSchedule:
+    """Linear warmup from 0, then cosine or linear decay to min_lr_ratio, or constant. A callable object (not a lambda)
+    so LambdaLR's state_dict stays picklable in checkpoints."""
+
+    def __init__(self, kind: str, warmup: int, total: int, min_ratio: float):
+        self.kind, self.warmup, self.total, self.min_ratio = kind, warmup, total, min_ratio
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / (self.warmup + 1)
+        if self.kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1 - progress
+        return self.min_ratio + (1 - self.min_ratio) * shape
+
+
+def _fill(node: dict, key: str, value: Any, where: str, conflicts: list[str]) -> None:
+    """Set node[key] if it is "auto" or absent; record a conflict if the JSON already holds a different value."""
+    current = node.get(key, "auto")
+    if current == "auto":
+        node[key] = value
+    elif current != value and not (isinstance(value, (list, tuple)) and list(current) == list(value)):
+        conflicts.append(f"{where}.{key}={current!r} (config says {value!r})")
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for k in parents:
+        tree = tree.setdefault(k, {})
+    tree[last] = value
+
+
+def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None) -> dict:
+    """Resolved DeepSpeed config for this run. Values set in both the JSON and the typed config must agree."""
+    path = resolve_ds_path(cfg.deepspeed.config)
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"deepspeed.config: {path} is not valid JSON ({err.msg})") from None
+    ds = copy.deepcopy(ds)
+    conflicts: list[str] = []
+    o = cfg.optim
+    _fill(ds, "train_micro_batch_size_per_gpu", cfg.data.micro_batch, "ds", conflicts)
+    _fill(ds, "gradient_accumulation_steps", o.accumulation, "ds", conflicts)
+    _fill(ds, "train_batch_size", cfg.data.micro_batch * o.accumulation * world_size, "ds", conflicts)
+    _fill(ds, "gradient_clipping", o.grad_clip, "ds", conflicts)
+    for key, enabled in (("bf16", cfg.model.dtype == "bf16"), ("fp16", cfg.model.dtype == "fp16")):
+        section = ds.setdefault(key, {"enabled": "auto"})
+        _fill(section, "enabled", enabled, key, conflicts)
+    opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
+    params = opt.setdefault("params", {})
+    for key, value in (("lr", o.lr), ("betas", list(o.betas)), ("eps", o.eps), ("weight_decay", o.weight_decay)):
+        _fill(params, key, value, "optimizer.params", conflicts)
+    # The LR schedule is Odyssey's (LrSchedule), passed to deepspeed.initialize; a scheduler in the JSON would fight it.
+    sched = ds.pop("scheduler", None)
+    if sched not in (None, {"type": "auto", "params": "auto"}):
+        conflicts.append(f"scheduler={sched!r} (the schedule comes from optim.schedule/warmup_steps)")
+    zero = ds.get("zero_optimization", {})
+    if hidden_size:
+        for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
+                           ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
+                           ("stage3_param_persistence_threshold", 10 * hidden_size)):
+            if zero.get(key) == "auto":
+                zero[key] = value
+    for key in [k for k, v in zero.items() if v == "auto"]:
+        zero.pop(key)  # DeepSpeed's own default
+    if conflicts:
+        raise ConfigError(f"deepspeed.config {path.name} conflicts with the Odyssey config: {'; '.join(conflicts)}")
+    for dotted, value in cfg.deepspeed.overrides.items():
+        _set_dotted(ds, dotted, value)
+    if not torch.cuda.is_available() and ds.get("optimizer", {}).get("type", "").lower() in ("adam", "adamw"):
+        offload = zero.get("offload_optimizer", {}).get("device", "none")
+        if offload in (None, "none"):
+            # DeepSpeed's FusedAdam needs a GPU; on CPU use torch's AdamW (same math).
+            ds["optimizer"]["params"]["torch_adam"] = True
+    return ds
+
+
+def init_distributed() -> tuple[int, int]:
+    """Join the process group started by deepspeed/srun/torchrun, or a world of one when run as a plain process."""
+    import deepspeed
+
+    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                         ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
+        os.environ.setdefault(var, default)
+    # mosaicml-streaming needs LOCAL_WORLD_SIZE; the deepspeed launcher only sets LOCAL_SIZE (see docs/PITFALLS.md).
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ["WORLD_SIZE"]))
+    deepspeed.init_distributed(dist_backend=None, verbose=False)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def build_engine(cfg: Config, ds_config: dict, load_model):
+    """Load the model under ZeRO-3 sharded init and wrap it. Returns (engine, optimizer, scheduler, dschf)."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    # Must stay referenced until the model is built, or from_pretrained does not shard at init.
+    dschf = HfDeepSpeedConfig(ds_config) if ds_config.get("zero_optimization", {}).get("stage") == 3 else None
+    model = load_model()
+    schedule = LrSchedule(cfg.optim.schedule, cfg.optim.warmup_steps, cfg.run.max_steps, cfg.optim.min_lr_ratio)
+    # A callable scheduler is bound to DeepSpeed's wrapped optimizer, stepped by engine.step() and saved in checkpoints.
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+    )
+    return engine, optimizer, scheduler, dschf

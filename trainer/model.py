@@ -1,0 +1,38 @@
+"""Load the tokenizer and a HF causal LM from a local folder. Knows nothing about DeepSpeed: when the engine has an
+`HfDeepSpeedConfig` alive for ZeRO-3, `from_pretrained` itself builds the model sharded (deepspeed.zero.Init)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from trainer.config import ConfigError, ModelCfg
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _check_path(path: str, what: str) -> None:
+    if not Path(path).exists():
+        raise ConfigError(f"{what} not found: {path} (Odyssey loads models from local folders only)")
+
+
+def load_tokenizer(cfg: ModelCfg):
+    from transformers import AutoTokenizer
+
+    path = cfg.tokenizer or cfg.path
+    _check_path(path, "model.tokenizer" if cfg.tokenizer else "model.path")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+
+
+def load_model(cfg: ModelCfg):
+    from transformers import AutoModelForCausalLM
+
+    _check_path(cfg.path, "model.path")
+    kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    if cfg.attn_impl:
+        kwargs["attn_implementation"] = cfg.attn_impl
+    model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+    if cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    return model

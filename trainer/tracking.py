@@ -1,0 +1,94 @@
+"""MLflow from rank 0 only. Other ranks get a Tracker whose methods do nothing, so the loop needs no rank checks.
+
+Without MLFLOW_TRACKING_URI the store is embedded: `sqlite:///<run_dir>/mlflow.db`, artifacts in `<run_dir>/mlartifacts`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from trainer.config import flatten
+
+PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value
+PARAM_KEY_MAX = 250
+SECRET_WORDS = ("token", "secret", "password", "key", "credential")
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.resolve()}/mlflow.db"
+
+
+def params_for(config_tree: dict) -> dict[str, str]:
+    out = {}
+    for k, v in flatten(config_tree).items():
+        leaf = k.rsplit(".", 1)[-1].lower()
+        value = "***" if any(w in leaf for w in SECRET_WORDS) and leaf != "tokenizer" and v else str(v)
+        out[k[:PARAM_KEY_MAX]] = value[:PARAM_VALUE_MAX]
+    return out
+
+
+class Tracker:
+    def __init__(self, run_dir: Path, experiment: str, enabled: bool):
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self.run_dir = run_dir
+        self.experiment = experiment
+        self.uri = default_tracking_uri(run_dir)
+
+    def start(self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
+        if not self.enabled:
+            return run_id
+        import mlflow
+        from mlflow import MlflowClient
+
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        if run_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                location = None
+                if self.uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+                    location = (self.run_dir / "mlartifacts").resolve().as_uri()
+                exp_id = self.client.create_experiment(self.experiment, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+            run = self.client.create_run(exp_id, run_name=run_name, tags=tags or {})
+            self.run_id = run.info.run_id
+        else:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+        return self.run_id
+
+    def log_params(self, params: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if not self.enabled or not metrics:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        if self.enabled:
+            self.client.set_tag(self.run_id, key, str(value))
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled and self.run_id:
+            self.client.set_terminated(self.run_id, status=status)
