@@ -60,6 +60,13 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, world: in
     return root / tag
 
 
+def check_fresh_start(root: Path) -> None:
+    """A new run must not write over an earlier run's checkpoints."""
+    if root.is_dir() and any(root.glob("step_*")):
+        raise CheckpointError(f"{root} already holds checkpoints; pass --resume auto to continue that run, "
+                              f"or choose another run.name / run.out_dir")
+
+
 def resolve(root: Path, which: str) -> str:
     """The tag to resume from: 'auto' (the newest complete checkpoint, or none), 'latest', or an explicit tag."""
     if which == "auto":

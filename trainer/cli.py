@@ -30,10 +30,11 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
         return 2
 
 
-def preflight(config: str, overrides: list[str]) -> None:
+def preflight(config: str, overrides: list[str], resume: str | None) -> None:
     """Checks that need no model weights or process group: config, domains, tokenizer. Run before spawning ranks so
     a typo gives one line instead of one per rank."""
     from data_prep.manifest import tokenizer_fingerprint
+    from trainer import checkpoint
     from trainer.config import load_config
     from trainer.data import check_domains
     from trainer.engine import fill_ds_config
@@ -42,6 +43,11 @@ def preflight(config: str, overrides: list[str]) -> None:
     cfg = load_config(config, overrides)
     check_domains(cfg, tokenizer_fingerprint(load_tokenizer(cfg.model)))
     fill_ds_config(cfg, world_size=1)
+    ckpt_root = cfg.run_dir / "checkpoints"
+    if resume:
+        checkpoint.resolve(ckpt_root, resume)
+    else:
+        checkpoint.check_fresh_start(ckpt_root)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -50,7 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from trainer.train import main as train_main  # already one rank of a launched job
 
         return train_main(forwarded)
-    rc = run_guarded(lambda: preflight(args.config, args.overrides))
+    rc = run_guarded(lambda: preflight(args.config, args.overrides, args.resume))
     if rc:
         return rc
     if not args.nproc or args.nproc == 1:
@@ -64,7 +70,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import torch
+
     from data_prep.cli import add_prep_parser
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning that it guessed
 
     parser = argparse.ArgumentParser(prog="odyssey", description="Continued pretraining that shows where adaptation "
                                                                  "helps and where it hurts.")

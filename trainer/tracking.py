@@ -34,21 +34,20 @@ class Tracker:
         self.run_id: str | None = None
         self.run_dir = run_dir
         self.experiment = experiment
+        self.embedded = not os.environ.get("MLFLOW_TRACKING_URI")
         self.uri = default_tracking_uri(run_dir)
 
     def start(self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
         if not self.enabled:
             return run_id
-        import mlflow
         from mlflow import MlflowClient
 
-        mlflow.set_tracking_uri(self.uri)
         self.client = MlflowClient(self.uri)
         if run_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 location = None
-                if self.uri.startswith("sqlite:///") and not os.environ.get("MLFLOW_TRACKING_URI"):
+                if self.embedded:
                     location = (self.run_dir / "mlartifacts").resolve().as_uri()
                 exp_id = self.client.create_experiment(self.experiment, artifact_location=location)
             else:

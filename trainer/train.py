@@ -72,6 +72,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     ds_config = fill_ds_config(cfg, world, getattr(hf_config, "hidden_size", None))
     tag = checkpoint.resolve(ckpt_root, resume) if resume else ""
+    if not resume:
+        checkpoint.check_fresh_start(ckpt_root)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     engine, _, scheduler, _dschf = build_engine(cfg, ds_config, lambda: load_model(cfg.model))

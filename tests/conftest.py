@@ -1,0 +1,35 @@
+"""Session fixtures: a tiny tokenizer + Llama and two small prepared domains, built once per test session."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests import tiny  # noqa: E402
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SEQ_LEN = 64
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    from data_prep.prepare import prepare_domain
+
+    root = tmp_path_factory.mktemp("assets")
+    prose, code = tiny.prose_docs(300), tiny.code_docs(40)
+    model = root / "model"
+    tiny.build_tokenizer(model, prose + code)
+    from transformers import AutoTokenizer
+
+    tiny.build_tiny_llama(model, len(AutoTokenizer.from_pretrained(model)))
+    src = {"prose": tiny.write_text_dir(root / "src" / "prose", prose),
+           "code": tiny.write_jsonl(root / "src" / "code.jsonl", code)}
+    for name, path in src.items():
+        prepare_domain(path, root / "domains", name, str(model), SEQ_LEN, progress=False)
+    return {"root": root, "model": model, "domains": root / "domains", "prose_src": src["prose"],
+            "code_src": src["code"], "prose_docs": prose, "code_docs": code}
