@@ -128,6 +128,9 @@ def build_engine(cfg: Config, ds_config: dict, load_model):
     # Must stay referenced until the model is built, or from_pretrained does not shard at init.
     dschf = HfDeepSpeedConfig(ds_config) if ds_config.get("zero_optimization", {}).get("stage") == 3 else None
     model = load_model()
+    if dschf is not None and not all(hasattr(p, "ds_id") for p in model.parameters()):
+        # from_pretrained built full tensors: every rank would hold the whole model at once.
+        raise RuntimeError("ZeRO-3 sharded init did not apply while loading the model (HfDeepSpeedConfig inactive)")
     schedule = LrSchedule(cfg.optim.schedule, cfg.optim.warmup_steps, cfg.run.max_steps, cfg.optim.min_lr_ratio)
     # A callable scheduler is bound to DeepSpeed's wrapped optimizer, stepped by engine.step() and saved in checkpoints.
     engine, optimizer, _, scheduler = deepspeed.initialize(
@@ -135,3 +138,13 @@ def build_engine(cfg: Config, ds_config: dict, load_model):
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
     return engine, optimizer, scheduler, dschf
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(total parameters, parameters this rank holds). Under ZeRO-3 each rank holds only its partition."""
+    total = local = 0
+    for p in model.parameters():
+        n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+        total += n
+        local += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else n
+    return total, local

@@ -21,7 +21,7 @@ from data_prep.manifest import tokenizer_fingerprint
 from trainer import checkpoint
 from trainer.config import Config, load_config
 from trainer.data import Batches, build_train_loader, check_domains, open_eval_sets
-from trainer.engine import build_engine, fill_ds_config, init_distributed
+from trainer.engine import build_engine, fill_ds_config, init_distributed, parameter_counts
 from trainer.evaluate import evaluate
 from trainer.model import load_model, load_tokenizer
 from trainer.plots import degradation_curves
@@ -96,8 +96,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
         tracker.log_params(params_for(cfg.model_dump(mode="json")))
+        n_params, n_local = parameter_counts(engine.module)
         tracker.log_params({"derived.world_size": str(world), "derived.seq_len": str(seq_len),
-                            "derived.tokens_per_step": str(tokens_per_step)})
+                            "derived.tokens_per_step": str(tokens_per_step), "derived.params": str(n_params),
+                            "derived.params_on_rank0": str(n_local)})
         tracker.log_artifact(run_dir / "config.yaml", "config")
         tracker.log_artifact(run_dir / "ds_config.json", "config")
         for dom in domains.values():

@@ -83,6 +83,9 @@ def test_eval_metrics_params_and_artifacts(straight):
     # 2 ranks x micro_batch 2 x accumulation 2 x seq_len 64 tokens per step
     assert history(client, run.info.run_id, "train/tokens_seen")[6] == 6 * 2 * 2 * 2 * 64
     assert run.data.params["optim.lr"] == "0.003" and run.data.params["derived.world_size"] == "2"
+    # ZeRO-3: rank 0 holds about half of the parameters (partitions are padded, so a little more)
+    total, rank0 = int(run.data.params["derived.params"]), int(run.data.params["derived.params_on_rank0"])
+    assert total > 100_000 and rank0 <= 0.55 * total
     arts = {a.path for d in ("config", "curves", "manifests") for a in client.list_artifacts(run.info.run_id, d)}
     assert {"config/config.yaml", "config/ds_config.json", "curves/degradation.png", "manifests/prose.json",
             "manifests/code.json"} <= arts
