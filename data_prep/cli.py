@@ -1,41 +1,145 @@
-"""`odyssey prep`: one domain source → MDS shards + manifest."""
+"""`odyssey prep`: domain sources → MDS shards + manifest; one source, many from a YAML list, or `--validate`.
+
+A prep YAML (every per-domain key may also be set once at the top as a default):
+    out: data/domains            # or s3://bucket/domains
+    tokenizer: /models/llama
+    seq_len: 2048
+    workers: 8
+    domains:
+      - {name: legal, source: raw/legal.jsonl.zst, text_field: body, dedup: true}
+      - {name: code, source: raw/code/, min_chars: 50}
+"""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+import yaml
+
+PER_DOMAIN = {"text_field", "min_chars", "dedup", "compression", "size_limit", "val", "test", "workers", "overwrite"}
 
 
 def add_prep_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prep", help="tokenize, pack and shard one domain source",
+    p = sub.add_parser("prep", help="tokenize, pack and shard domain sources; validate prepared domains",
                        description="Tokenize a domain source, pack it to seq_len with EOS between documents, split "
                                    "train/val/test by document hash, and write MDS shards plus manifest.json.")
-    p.add_argument("source", help="folder of text files, .jsonl, .parquet, or a HF dataset saved with save_to_disk")
-    p.add_argument("--domain", required=True, help="domain name; output goes to OUT/DOMAIN")
-    p.add_argument("--out", required=True, help="folder that holds prepared domains")
-    p.add_argument("--tokenizer", required=True, help="local tokenizer folder (usually the model's)")
-    p.add_argument("--seq-len", type=int, required=True)
+    p.add_argument("source", nargs="?", help="folder of text files, .jsonl[.gz|.zst], .parquet, a HF save_to_disk "
+                                            "folder, or hf://NAME[@split] (datasets.load_dataset)")
+    p.add_argument("--config", help="YAML listing many domains (see docs/PREP.md)")
+    p.add_argument("--validate", nargs="+", metavar="DIR", help="check prepared domains (a domain folder, or a "
+                                                                  "folder of them): hashes, sizes, token ids")
+    p.add_argument("--domain", help="domain name; output goes to OUT/DOMAIN")
+    p.add_argument("--out", help="folder (or s3://… URL) that holds prepared domains")
+    p.add_argument("--tokenizer", help="local tokenizer folder (usually the model's)")
+    p.add_argument("--seq-len", type=int)
     p.add_argument("--text-field", default="text", help="field/column with the text (jsonl, parquet, HF)")
+    p.add_argument("--min-chars", type=int, default=1, help="skip documents shorter than this (after strip)")
+    p.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
     p.add_argument("--val", type=float, default=0.05, help="fraction of documents for validation")
     p.add_argument("--test", type=float, default=0.05, help="fraction of documents for test")
     p.add_argument("--compression", default="zstd", help="MDS compression ('none' to disable)")
+    p.add_argument("--size-limit", default="64mb", help="shard size limit before compression")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: all cores; 0: inline)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prepared domain")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_prep)
 
 
-def run_prep(args: argparse.Namespace) -> int:
+def _options(spec: dict, quiet: bool):
     from data_prep.pack import SplitFractions
-    from data_prep.prepare import prepare_domain
+    from data_prep.prepare import PrepError, PrepOptions, default_workers
 
     try:
-        fractions = SplitFractions(val=args.val, test=args.test)
+        fractions = SplitFractions(val=spec.get("val", 0.05), test=spec.get("test", 0.05))
     except ValueError as err:
-        raise SystemExit(f"odyssey prep: {err}") from None
-    manifest = prepare_domain(
-        args.source, args.out, args.domain, args.tokenizer, args.seq_len, fractions=fractions,
-        text_field=args.text_field, compression=None if args.compression == "none" else args.compression,
-        overwrite=args.overwrite, progress=not args.quiet,
-    )
-    summary = {s: {k: v for k, v in st.items() if k in ("docs", "samples", "tokens")} for s, st in manifest["splits"].items()}
-    print(f"prepared domain '{manifest['domain']}' in {args.out}/{manifest['domain']}: {json.dumps(summary)}")
+        raise PrepError(str(err)) from None
+    compression = spec.get("compression", "zstd")
+    workers = spec.get("workers")
+    return PrepOptions(fractions=fractions, text_field=spec.get("text_field", "text"),
+                       min_chars=spec.get("min_chars", 1), dedup=bool(spec.get("dedup", False)),
+                       compression=None if compression in (None, "none") else compression,
+                       size_limit=str(spec.get("size_limit", "64mb")),
+                       workers=default_workers() if workers is None else workers,
+                       overwrite=bool(spec.get("overwrite", False)), progress=not quiet)
+
+
+def _specs_from_yaml(path: str) -> list[dict]:
+    from data_prep.prepare import PrepError
+
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise PrepError(f"{path}: cannot read prep YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(tree, dict) or not isinstance(tree.get("domains"), list) or not tree["domains"]:
+        raise PrepError(f"{path}: needs a non-empty 'domains' list")
+    top_keys = {"out", "tokenizer", "seq_len", "domains"} | PER_DOMAIN
+    unknown = set(tree) - top_keys
+    if unknown:
+        raise PrepError(f"{path}: unknown key(s) {sorted(unknown)}")
+    defaults = {k: v for k, v in tree.items() if k != "domains"}
+    specs = []
+    for i, d in enumerate(tree["domains"]):
+        if not isinstance(d, dict):
+            raise PrepError(f"{path}: domains[{i}] is not a mapping")
+        bad = set(d) - (top_keys - {"domains"}) - {"name", "source"}
+        if bad:
+            raise PrepError(f"{path}: domains[{i}]: unknown key(s) {sorted(bad)}")
+        spec = {**defaults, **d}
+        for key in ("name", "source", "out", "tokenizer", "seq_len"):
+            if key not in spec:
+                raise PrepError(f"{path}: domains[{i}] has no '{key}' (set it there or at the top)")
+        specs.append(spec)
+    names = [s["name"] for s in specs]
+    if len(set(names)) != len(names):
+        raise PrepError(f"{path}: duplicate domain names")
+    return specs
+
+
+def _validate(dirs: list[str], tokenizer: str | None) -> int:
+    from data_prep.manifest import MANIFEST, tokenizer_fingerprint
+    from data_prep.prepare import load_tokenizer
+    from data_prep.validate import validate_domain
+
+    fp = tokenizer_fingerprint(load_tokenizer(tokenizer)) if tokenizer else None
+    domains = []
+    for d in map(Path, dirs):
+        domains += [d] if (d / MANIFEST).is_file() or not d.is_dir() else sorted(
+            p for p in d.iterdir() if (p / MANIFEST).is_file())
+    if not domains:
+        print(f"odyssey: error: no prepared domain under {' '.join(dirs)}")
+        return 2
+    bad = 0
+    for d in domains:
+        problems = validate_domain(d, deep=True, fingerprint=fp)
+        print(f"{'OK  ' if not problems else 'FAIL'} {d}")
+        for line in problems:
+            print(f"     {line}")
+        bad += bool(problems)
+    return 1 if bad else 0
+
+
+def run_prep(args: argparse.Namespace) -> int:
+    from data_prep.prepare import PrepError, prepare_domain
+
+    if args.validate:
+        return _validate(args.validate, args.tokenizer)
+    if args.config:
+        specs = _specs_from_yaml(args.config)
+    else:
+        missing = [f for f, v in (("SOURCE", args.source), ("--domain", args.domain), ("--out", args.out),
+                                  ("--tokenizer", args.tokenizer), ("--seq-len", args.seq_len)) if v is None]
+        if missing:
+            raise PrepError(f"missing {', '.join(missing)} (or pass --config YAML / --validate DIR)")
+        specs = [{"name": args.domain, "source": args.source, "out": args.out, "tokenizer": args.tokenizer,
+                  "seq_len": args.seq_len, "text_field": args.text_field, "min_chars": args.min_chars,
+                  "dedup": args.dedup, "val": args.val, "test": args.test, "compression": args.compression,
+                  "size_limit": args.size_limit, "workers": args.workers, "overwrite": args.overwrite}]
+    for spec in specs:
+        m = prepare_domain(spec["source"], spec["out"], spec["name"], str(spec["tokenizer"]), int(spec["seq_len"]),
+                           _options(spec, args.quiet))
+        summary = {s: {k: v for k, v in st.items() if k in ("docs", "samples", "tokens")}
+                   for s, st in m["splits"].items()}
+        print(f"prepared domain '{m['domain']}' in {spec['out']}/{m['domain']} ({m['seconds']}s, "
+              f"{m['tokens_per_s']:,} tok/s): {json.dumps(summary)}")
     return 0

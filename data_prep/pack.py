@@ -1,4 +1,4 @@
-"""Tokenize documents, route each to train/val/test by a hash of its text, and pack each split into fixed-length rows.
+"""Route each document to train/val/test by a hash of its text, and pack each split into fixed-length rows.
 
 Packing concatenates documents with EOS after each one and cuts rows of exactly `seq_len` tokens; the tail that does not
 fill a row is dropped and counted. Splitting by content hash keeps duplicates of a document in one split, so the test split
@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 import numpy as np
 
-from data_prep.sources import Doc
 
 SPLITS = ("train", "val", "test")
 
@@ -27,9 +25,14 @@ class SplitFractions:
             raise ValueError(f"split fractions val={self.val}, test={self.test} must be in [0, 1) and sum below 1")
 
 
-def split_of(text: str, fractions: SplitFractions) -> str:
-    """Deterministic split for a document: the first 8 bytes of sha256(text) as a number in [0, 1)."""
-    u = int.from_bytes(hashlib.sha256(text.encode("utf-8", errors="replace")).digest()[:8], "big") / 2**64
+def text_digest(text: str) -> bytes:
+    """8 bytes of sha256(text): the split key and the exact-duplicate key."""
+    return hashlib.sha256(text.encode("utf-8", errors="replace")).digest()[:8]
+
+
+def split_of(text: str, fractions: SplitFractions, digest: bytes | None = None) -> str:
+    """Deterministic split for a document: its digest as a number in [0, 1)."""
+    u = int.from_bytes(digest or text_digest(text), "big") / 2**64
     if u < fractions.test:
         return "test"
     if u < fractions.test + fractions.val:
@@ -50,42 +53,20 @@ class Packer:
     """Accumulates token ids for one split and emits full rows of `seq_len`."""
 
     seq_len: int
-    eos_id: int
     stats: SplitStats = field(default_factory=SplitStats)
-    _buf: list[int] = field(default_factory=list)
+    _tail: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
 
-    def add(self, ids: list[int]) -> Iterator[np.ndarray]:
-        self.stats.docs += 1
-        self._buf.extend(ids)
-        self._buf.append(self.eos_id)
-        n_full = len(self._buf) // self.seq_len
-        if n_full:
-            rows = np.asarray(self._buf[: n_full * self.seq_len], dtype=np.int32).reshape(n_full, self.seq_len)
-            del self._buf[: n_full * self.seq_len]
-            self.stats.samples += n_full
-            self.stats.tokens += n_full * self.seq_len
-            yield from rows
+    def add(self, ids: np.ndarray, n_docs: int) -> np.ndarray:
+        """Append `n_docs` documents' ids (EOS already after each); returns the rows completed, [n, seq_len]."""
+        self.stats.docs += n_docs
+        buf = np.concatenate([self._tail, ids.astype(np.int32, copy=False)])
+        n_full = len(buf) // self.seq_len
+        rows = buf[: n_full * self.seq_len].reshape(n_full, self.seq_len)
+        self._tail = buf[n_full * self.seq_len:].copy()
+        self.stats.samples += n_full
+        self.stats.tokens += n_full * self.seq_len
+        return rows
 
     def finish(self) -> None:
-        self.stats.dropped_tokens += len(self._buf)
-        self._buf.clear()
-
-
-def tokenize_batches(docs: Iterable[Doc], tokenizer, batch_size: int = 256) -> Iterator[tuple[Doc, list[int]]]:
-    """Batch documents through the fast tokenizer (no special tokens: EOS is added by the packer)."""
-    batch: list[Doc] = []
-
-    def flush():
-        enc = tokenizer(
-            [d.text for d in batch], add_special_tokens=False, return_attention_mask=False, verbose=False
-        )["input_ids"]
-        yield from zip(batch, enc)
-        batch.clear()
-
-    for doc in docs:
-        if doc.text.strip():
-            batch.append(doc)
-        if len(batch) >= batch_size:
-            yield from flush()
-    if batch:
-        yield from flush()
+        self.stats.dropped_tokens += len(self._tail)
+        self._tail = self._tail[:0]

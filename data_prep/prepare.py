@@ -1,25 +1,49 @@
-"""One domain source → packed MDS shards per split + manifest, written to a temp folder and renamed into place at the end.
+"""One domain source → packed MDS shards per split + manifest.
 
-A failed or interrupted prep leaves the previous output (if any) untouched and no half-written domain behind.
+Documents stream from the source through filters (empty/short, exact duplicates) to worker processes that tokenize,
+then back, in order, to the packers and MDS writers: memory stays flat in corpus size. Output is written to a temp
+folder and renamed into place (local) or uploaded with the manifest last (remote), so a failed or interrupted prep
+leaves the previous output untouched and no half-written domain behind.
 """
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
+import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.manifest import FORMAT_VERSION, tokenizer_fingerprint, write_manifest
-from data_prep.pack import SPLITS, Packer, SplitFractions, split_of, tokenize_batches
+from data_prep import remote
+from data_prep.manifest import FORMAT_VERSION, MANIFEST, tokenizer_fingerprint, write_manifest
+from data_prep.pack import SPLITS, Packer, SplitFractions, split_of, text_digest
 from data_prep.shards import SplitWriters
-from data_prep.sources import SourceError, iter_docs, sha256_file, source_files, source_kind
+from data_prep.sources import HF_PREFIX, SourceError, iter_docs, sha256_file, source_files, source_kind
+from data_prep.tokenize import batches, encode_all
 
 
 class PrepError(ValueError):
     """Prep cannot produce a usable domain (empty split, bad tokenizer, existing output)."""
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass
+class PrepOptions:
+    fractions: SplitFractions = field(default_factory=SplitFractions)
+    text_field: str = "text"
+    min_chars: int = 1  # shorter documents (after stripping whitespace) are skipped and counted
+    dedup: bool = False  # drop exact duplicates (by sha256 of the text; keeps 8 bytes per document in memory)
+    compression: str | None = "zstd"
+    size_limit: str = "64mb"  # per shard, before compression
+    workers: int = field(default_factory=default_workers)  # tokenizer processes; 0 tokenizes in this process
+    overwrite: bool = False
+    progress: bool = True
 
 
 def load_tokenizer(path: str):
@@ -36,97 +60,142 @@ def load_tokenizer(path: str):
     return tok
 
 
-def prepare_domain(
-    source: str | Path,
-    out_dir: str | Path,
-    domain: str,
-    tokenizer_path: str,
-    seq_len: int,
-    fractions: SplitFractions = SplitFractions(),
-    text_field: str = "text",
-    compression: str | None = "zstd",
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
-    source, out_dir = Path(source), Path(out_dir)
+def prepare_domain(source: str | Path, out_dir: str | Path, domain: str, tokenizer_path: str, seq_len: int,
+                   opts: PrepOptions | None = None) -> dict:
+    opts = opts or PrepOptions()
     kind = source_kind(source)  # raises SourceError for a missing/unsupported source
     if seq_len < 2:
         raise PrepError(f"seq_len must be at least 2, got {seq_len}")
-    final = out_dir / domain
-    if final.exists() and not overwrite:
-        raise PrepError(f"{final} already exists; pass --overwrite to replace it")
+    is_remote = remote.is_remote(out_dir)
+    target = remote.join(str(out_dir), domain) if is_remote else Path(out_dir) / domain
+    exists = remote.remote_has(target, MANIFEST) if is_remote else target.exists()
+    if exists and not opts.overwrite:
+        raise PrepError(f"{target} already exists; pass --overwrite to replace it")
     tokenizer = load_tokenizer(tokenizer_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{domain}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if is_remote:
+        tmp = Path(tempfile.mkdtemp(prefix=f"odyssey-prep-{domain}-"))
+    else:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        tmp = Path(out_dir) / f".{domain}.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     try:
-        manifest = _write(source, kind, tmp, domain, tokenizer, seq_len, fractions, text_field, compression, progress)
-        if final.exists():
-            old = out_dir / f".{domain}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old)
+        manifest = _write(source, kind, tmp, domain, tokenizer, seq_len, opts)
+        if is_remote:
+            remote.upload_domain(tmp, target)
+            shutil.rmtree(tmp)
         else:
-            tmp.rename(final)
+            _swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
 
 
-def _write(source, kind, tmp, domain, tokenizer, seq_len, fractions, text_field, compression, progress) -> dict:
-    eos = tokenizer.eos_token_id
-    packers = {s: Packer(seq_len, eos) for s in SPLITS}
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    if not final.exists():
+        tmp.rename(final)
+        return
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old)
+
+
+@dataclass
+class SourceStats:
+    docs_read: int = 0
+    docs_kept: int = 0
+    skipped_short: int = 0
+    skipped_duplicate: int = 0
+    non_utf8_docs: int = 0  # kept, with invalid bytes replaced by U+FFFD
+
+
+def _filtered(source, opts: PrepOptions, stats: SourceStats):
+    """(text, split) for each document that passes the filters."""
+    seen: set[bytes] = set()
+    for doc in iter_docs(source, opts.text_field):
+        stats.docs_read += 1
+        stats.non_utf8_docs += doc.bad_bytes
+        if len(doc.text) < opts.min_chars or len(doc.text.strip()) < opts.min_chars:
+            stats.skipped_short += 1
+            continue
+        digest = text_digest(doc.text)
+        if opts.dedup:
+            if digest in seen:
+                stats.skipped_duplicate += 1
+                continue
+            seen.add(digest)
+        stats.docs_kept += 1
+        yield doc.text, split_of(doc.text, opts.fractions, digest)
+
+
+def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: PrepOptions) -> dict:
+    packers = {s: Packer(seq_len) for s in SPLITS}
+    stats = SourceStats()
     started = time.time()
-    docs = iter_docs(source, text_field)
-    bar = tqdm(desc=f"prep {domain}", unit="doc", disable=not progress, mininterval=1.0)
     n_tokens = 0
-    with SplitWriters(tmp, SPLITS, seq_len, compression=compression) as writers:
-        for doc, ids in tokenize_batches(docs, tokenizer):
-            split = split_of(doc.text, fractions)
-            for row in packers[split].add(ids):
-                writers.write(split, row)
-            n_tokens += len(ids) + 1
-            bar.update(1)
-            bar.set_postfix_str(f"{n_tokens / max(time.time() - started, 1e-9):,.0f} tok/s", refresh=False)
+    bar = tqdm(desc=f"prep {domain}", unit="doc", disable=not opts.progress, mininterval=1.0)
+    work = batches(_filtered(source, opts, stats))
+    with SplitWriters(tmp, SPLITS, seq_len, compression=opts.compression, size_limit=opts.size_limit) as writers:
+        for encoded in encode_all(work, tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, opts.workers):
+            for split, (ids, n_docs) in encoded.items():
+                for row in packers[split].add(ids, n_docs):
+                    writers.write(split, row)
+                n_tokens += len(ids)
+                bar.update(n_docs)
+            elapsed = max(time.time() - started, 1e-9)
+            bar.set_postfix_str(f"{n_tokens / elapsed:,.0f} tok/s", refresh=False)
         for p in packers.values():
             p.finish()
     bar.close()
-    stats = {s: asdict(p.stats) for s, p in packers.items()}
-    if sum(st["docs"] for st in stats.values()) == 0:
-        raise PrepError(f"domain '{domain}': source {source} holds no non-empty documents")
-    wanted = {"train": True, "val": fractions.val > 0, "test": fractions.test > 0}
-    for split, st in stats.items():
+    split_stats = {s: asdict(p.stats) for s, p in packers.items()}
+    if stats.docs_kept == 0:
+        raise PrepError(f"domain '{domain}': source {source} holds no non-empty documents "
+                        f"({stats.docs_read} read, {stats.skipped_short} shorter than {opts.min_chars} chars, "
+                        f"{stats.skipped_duplicate} duplicates)")
+    wanted = {"train": True, "val": opts.fractions.val > 0, "test": opts.fractions.test > 0}
+    for split, st in split_stats.items():
         if wanted[split] and st["samples"] == 0:
             raise PrepError(
                 f"domain '{domain}': {split} split has no full sample of {seq_len} tokens "
                 f"({st['docs']} docs, {st['dropped_tokens']} tokens); add text or lower --seq-len"
             )
+    seconds = time.time() - started
+    is_local_path = not str(source).startswith(HF_PREFIX)
     manifest = {
         "format_version": FORMAT_VERSION,
         "domain": domain,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seq_len": seq_len,
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "split_fractions": {"val": fractions.val, "test": fractions.test},
-        "splits": stats,
+        "split_fractions": {"val": opts.fractions.val, "test": opts.fractions.test},
+        "splits": split_stats,
         "source": {
-            "path": str(source.resolve()),
+            "path": str(Path(source).resolve()) if is_local_path else str(source),
             "kind": kind,
-            "text_field": text_field if kind in ("jsonl", "parquet", "hf") else None,
+            "text_field": opts.text_field if kind != "text_dir" else None,
+            **asdict(stats),
+            "min_chars": opts.min_chars,
+            "dedup": opts.dedup,
             "files": [
-                {"path": str(f.relative_to(source) if source.is_dir() else f.name), "bytes": f.stat().st_size,
-                 "sha256": sha256_file(f)}
+                {"path": _rel(f, source), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
                 for f in source_files(source)
             ],
         },
-        "compression": compression,
-        "seconds": round(time.time() - started, 2),
+        "compression": opts.compression,
+        "size_limit": opts.size_limit,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(n_tokens / max(seconds, 1e-9)),
     }
     write_manifest(tmp, manifest)
     return manifest
 
 
-__all__ = ["prepare_domain", "PrepError", "SourceError", "load_tokenizer"]
+def _rel(f: Path, source) -> str:
+    base = Path(str(source)[len(HF_PREFIX):].split("@")[0]) if str(source).startswith(HF_PREFIX) else Path(source)
+    return f.relative_to(base).as_posix() if base.is_dir() else f.name
+
+
+__all__ = ["prepare_domain", "PrepOptions", "PrepError", "SourceError", "load_tokenizer"]

@@ -1,7 +1,6 @@
 """MDS shard IO for packed token rows, through mosaicml-streaming's own writer and reader."""
 from __future__ import annotations
 
-import json
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import numpy as np
 from streaming import MDSWriter
 
 TOKENS = "tokens"
+HASHES = ["sha1", "xxh64"]  # recorded per shard file in index.json; `odyssey prep --validate` checks them
 
 
 def columns(seq_len: int) -> dict[str, str]:
@@ -23,7 +23,8 @@ class SplitWriters:
         self._stack = ExitStack()
         self.writers = {
             s: self._stack.enter_context(
-                MDSWriter(out=str(root / s), columns=columns(seq_len), compression=compression, size_limit=size_limit)
+                MDSWriter(out=str(root / s), columns=columns(seq_len), compression=compression, size_limit=size_limit,
+                          hashes=HASHES)
             )
             for s in splits
         }
@@ -38,17 +39,9 @@ class SplitWriters:
         self._stack.__exit__(*exc)
 
 
-def split_seq_len(split_dir: Path) -> int:
-    """seq_len recorded in a split's MDS index (from the column encoding)."""
-    index = json.loads((split_dir / "index.json").read_text())
-    shard = index["shards"][0]
-    enc = shard["column_encodings"][shard["column_names"].index(TOKENS)]
-    return int(enc.rsplit(":", 1)[1])
-
-
-def open_split(split_dir: str | Path):
-    """Random access by global sample index to a split, compressed or not (streaming decompresses shards on first
-    access). Used for eval, where each rank strides over the whole split itself."""
+def open_split(local: str | Path, remote: str | None = None):
+    """Random access by global sample index to a split, local or remote, compressed or not (streaming downloads and
+    decompresses shards on first access). Used for eval, where each rank strides over the whole split itself."""
     from streaming import StreamingDataset
 
-    return StreamingDataset(local=str(split_dir), shuffle=False, batch_size=1, replication=None)
+    return StreamingDataset(local=str(local), remote=remote, shuffle=False, batch_size=1, replication=None)

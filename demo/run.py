@@ -20,7 +20,7 @@ SEQ_LEN = 256
 
 def prep_domains(texts: dict[str, Path], model: Path, out: Path) -> list[str]:
     from data_prep.manifest import ManifestError, read_manifest, tokenizer_fingerprint
-    from data_prep.prepare import load_tokenizer, prepare_domain
+    from data_prep.prepare import PrepOptions, load_tokenizer, prepare_domain
 
     fp = tokenizer_fingerprint(load_tokenizer(str(model)))
     for name, src in texts.items():
@@ -30,7 +30,7 @@ def prep_domains(texts: dict[str, Path], model: Path, out: Path) -> list[str]:
                 continue  # cached
         except ManifestError:
             pass
-        prepare_domain(src, out, name, str(model), SEQ_LEN, overwrite=True, progress=False)
+        prepare_domain(src, out, name, str(model), SEQ_LEN, PrepOptions(overwrite=True, progress=False))
         say(f"prepared {name}: {read_manifest(out / name)['splits']['test']['samples']} test samples")
     return list(texts)
 

@@ -18,7 +18,7 @@ SEQ_LEN = 64
 
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory) -> dict[str, Path]:
-    from data_prep.prepare import prepare_domain
+    from data_prep.prepare import PrepOptions, prepare_domain
 
     root = tmp_path_factory.mktemp("assets")
     prose, code = tiny.prose_docs(300), tiny.code_docs(40)
@@ -30,6 +30,6 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     src = {"prose": tiny.write_text_dir(root / "src" / "prose", prose),
            "code": tiny.write_jsonl(root / "src" / "code.jsonl", code)}
     for name, path in src.items():
-        prepare_domain(path, root / "domains", name, str(model), SEQ_LEN, progress=False)
+        prepare_domain(path, root / "domains", name, str(model), SEQ_LEN, PrepOptions(progress=False, workers=0))
     return {"root": root, "model": model, "domains": root / "domains", "prose_src": src["prose"],
             "code_src": src["code"], "prose_docs": prose, "code_docs": code}

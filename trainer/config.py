@@ -31,7 +31,7 @@ class ModelCfg(Section):
 
 class StreamCfg(Section):
     name: str
-    path: str  # prepared domain folder (holds manifest.json and train/ val/ test/)
+    path: str  # prepared domain: a folder (manifest.json + train/ val/ test/) or a remote URL such as s3://bucket/dom
     proportion: float = Field(default=1.0, gt=0)
 
 
@@ -41,6 +41,7 @@ class DataCfg(Section):
     micro_batch: int = Field(default=1, gt=0)
     num_workers: int = Field(default=0, ge=0)
     shuffle: bool = True
+    cache_dir: str | None = None  # local copies of remote shards; default <run.out_dir>/.shard_cache
 
 
 class OptimCfg(Section):

@@ -1,8 +1,9 @@
 """Training and eval data from prepared domains.
 
 Training: the train splits of all streams, mixed by proportion, read by `streaming.StreamingDataset` (which shards samples
-across ranks and resumes from the loader's `state_dict`). Eval: each domain's test split read whole by every rank through
-`LocalDataset`, strided by rank, so no sample is repeated or dropped (StreamingDataset pads ranks with repeats).
+across ranks and resumes from the loader's `state_dict`). Eval: each domain's test split, read by global sample index and
+strided over ranks here, so no sample is repeated or dropped (StreamingDataset's own iteration pads ranks with repeats).
+Domains are local folders or remote URLs (s3://…); remote shards are cached under `data.cache_dir`.
 """
 from __future__ import annotations
 
@@ -13,43 +14,60 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.manifest import ManifestError, check_tokenizer, read_manifest
-from data_prep.shards import TOKENS, open_split, split_seq_len
+from data_prep import remote
+from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_manifest
+from data_prep.shards import TOKENS, open_split
+from data_prep.validate import require_valid
 from trainer.config import Config
 
 
 @dataclass
 class Domain:
     name: str
-    path: Path
+    local: Path  # the prepared folder, or for a remote domain its local cache
+    remote: str | None  # s3://… (any remote streaming supports), or None
     manifest: dict
+
+    def split(self, split: str) -> dict:
+        """Stream/StreamingDataset arguments for one split."""
+        return {"local": str(self.local / split), "remote": remote.join(self.remote, split) if self.remote else None}
+
+
+def open_domain(name: str, path: str, cache_dir: Path) -> Domain:
+    """Read a prepared domain's manifest; a remote one's manifest is downloaded into `cache_dir/name`."""
+    if remote.is_remote(path):
+        local = cache_dir / name
+        try:
+            remote.download(remote.join(path, MANIFEST), local / MANIFEST)
+        except Exception as err:  # streaming raises FileNotFoundError, botocore errors, …
+            raise ManifestError(f"domain '{name}': cannot read {remote.join(path, MANIFEST)} "
+                                f"({type(err).__name__}: {str(err).splitlines()[0][:160]})") from None
+        return Domain(name, local, path, read_manifest(local))
+    return Domain(name, Path(path), None, read_manifest(path))
 
 
 def check_domains(cfg: Config, tokenizer_fp: dict) -> tuple[dict[str, Domain], int]:
-    """Read every manifest the run needs, check tokenizer and seq_len agree; returns (domains by name, seq_len)."""
+    """Open every domain the run needs and check it before step 1: tokenizer, seq_len, and (local domains) the
+    cheap shard validation, so a missing, truncated or foreign shard stops the run with one line naming it."""
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cfg.run_dir.parent / ".shard_cache"
+    train_names = {s.name for s in cfg.data.streams}
     domains: dict[str, Domain] = {}
     for d in cfg.eval_domains():
-        manifest = read_manifest(d.path)
-        check_tokenizer(manifest, tokenizer_fp, f"domain '{d.name}' ({d.path})")
-        domains[d.name] = Domain(d.name, Path(d.path), manifest)
-    wanted = {"train": [s.name for s in cfg.data.streams], cfg.eval.split: list(domains)}
-    seq_lens = {dom.manifest["seq_len"] for dom in domains.values()}
-    if len(seq_lens) > 1:
-        raise ManifestError(f"domains were packed with different seq_len: "
-                            f"{ {n: d.manifest['seq_len'] for n, d in domains.items()} }")
-    seq_len = seq_lens.pop()
+        dom = open_domain(d.name, d.path, cache_dir)
+        check_tokenizer(dom.manifest, tokenizer_fp, f"domain '{d.name}' ({d.path})")
+        needed = tuple(s for s in ("train", cfg.eval.split) if s == cfg.eval.split or d.name in train_names)
+        for split in needed:
+            if dom.manifest["splits"][split]["samples"] == 0:
+                raise ManifestError(f"domain '{d.name}': the {split} split is empty")
+        if dom.remote is None:
+            require_valid(dom.local, label=d.name, splits=needed)
+        domains[d.name] = dom
+    seq_lens = {n: dom.manifest["seq_len"] for n, dom in domains.items()}
+    if len(set(seq_lens.values())) > 1:
+        raise ManifestError(f"domains were packed with different seq_len: {seq_lens}")
+    seq_len = next(iter(seq_lens.values()))
     if cfg.data.seq_len is not None and cfg.data.seq_len != seq_len:
         raise ManifestError(f"data.seq_len={cfg.data.seq_len} but the domains were packed with seq_len={seq_len}")
-    for split, names in wanted.items():
-        for name in names:
-            split_dir = domains[name].path / split
-            if not (split_dir / "index.json").is_file():
-                raise ManifestError(f"domain '{name}': missing {split_dir}/index.json")
-            if domains[name].manifest["splits"][split]["samples"] == 0:
-                raise ManifestError(f"domain '{name}': the {split} split is empty")
-            if split_seq_len(split_dir) != seq_len:
-                raise ManifestError(f"domain '{name}': {split_dir} holds rows of {split_seq_len(split_dir)} tokens, "
-                                    f"the manifest says {seq_len}")
     return domains, seq_len
 
 
@@ -63,7 +81,7 @@ def build_train_loader(cfg: Config, domains: dict[str, Domain]):
     os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ.get("WORLD_SIZE", "1")))
     mixed = len(cfg.data.streams) > 1
     streams = [
-        Stream(local=str(domains[s.name].path / "train"), proportion=s.proportion if mixed else None)
+        Stream(**domains[s.name].split("train"), proportion=s.proportion if mixed else None)
         for s in cfg.data.streams
     ]
     dataset = StreamingDataset(
@@ -95,7 +113,7 @@ class Batches:
 
 def open_eval_sets(domains: dict[str, Domain], split: str) -> dict[str, object]:
     """One random-access dataset per eval domain, opened once per run (streaming allocates shared memory for each)."""
-    return {name: open_split(dom.path / split) for name, dom in domains.items()}
+    return {name: open_split(**dom.split(split)) for name, dom in domains.items()}
 
 
 def eval_batches(ds, rank: int, world: int, micro_batch: int, max_samples: int | None):

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from data_prep.prepare import prepare_domain
+from data_prep.prepare import PrepOptions, prepare_domain
 from tests import tiny
 
 ODYSSEY = [sys.executable, "-m", "trainer.cli"]
@@ -56,7 +56,7 @@ def test_train_config_typo(tmp_path, assets):
 
 def test_train_shards_from_another_tokenizer(tmp_path, assets):
     other = tiny.build_tokenizer(tmp_path / "other_tok", tiny.prose_docs(100, seed=9), vocab_size=300)
-    prepare_domain(assets["prose_src"], tmp_path / "domains", "prose", str(other), 32, progress=False)
+    prepare_domain(assets["prose_src"], tmp_path / "domains", "prose", str(other), 32, PrepOptions(progress=False, workers=0))
     cfg = write_config(tmp_path, assets, tmp_path / "domains" / "prose")
     r, errors = run(["train", str(cfg)], tmp_path)
     assert_one_line(r, errors, r"shards were made with tokenizer .*re-run odyssey prep")

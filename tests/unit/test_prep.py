@@ -6,12 +6,13 @@ import pytest
 
 from data_prep.manifest import read_manifest, tokenizer_fingerprint
 from data_prep.pack import SPLITS, SplitFractions, split_of
-from data_prep.prepare import PrepError, load_tokenizer, prepare_domain
+from data_prep.prepare import PrepError, PrepOptions, load_tokenizer, prepare_domain
 from data_prep.shards import TOKENS, open_split
 from data_prep.sources import SourceError
 from tests import tiny
 
 SEQ = 32
+FAST = PrepOptions(progress=False, workers=0)
 
 
 def read_rows(split_dir):
@@ -50,7 +51,7 @@ def test_every_source_kind_packs_the_same_tokens(tmp_path, assets, docs, kind):
 
         src = tmp_path / "hf"
         datasets.Dataset.from_dict({"body": docs}).save_to_disk(str(src))
-    m = prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, text_field="body", progress=False)
+    m = prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, PrepOptions(text_field="body", progress=False, workers=0))
     tok = load_tokenizer(str(assets["model"]))
     # text folders are read in file-name order, which is the docs' order here
     for split in SPLITS:
@@ -64,7 +65,7 @@ def test_every_source_kind_packs_the_same_tokens(tmp_path, assets, docs, kind):
 
 def test_manifest_fields(tmp_path, assets, docs):
     src = tiny.write_text_dir(tmp_path / "src", docs)
-    prepare_domain(src, tmp_path / "out", "prose", str(assets["model"]), SEQ, progress=False)
+    prepare_domain(src, tmp_path / "out", "prose", str(assets["model"]), SEQ, FAST)
     m = read_manifest(tmp_path / "out" / "prose")
     tok = load_tokenizer(str(assets["model"]))
     assert m["domain"] == "prose" and m["seq_len"] == SEQ
@@ -78,7 +79,7 @@ def test_manifest_fields(tmp_path, assets, docs):
 
 def test_splits_do_not_share_documents(tmp_path, assets, docs):
     src = tiny.write_text_dir(tmp_path / "src", docs + docs[:10])  # duplicates land in one split
-    m = prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, progress=False)
+    m = prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, FAST)
     f = SplitFractions()
     per_split = {s: sum(1 for d in docs + docs[:10] if split_of(d, f) == s) for s in SPLITS}
     assert {s: m["splits"][s]["docs"] for s in SPLITS} == per_split
@@ -93,22 +94,22 @@ def test_empty_domain_leaves_nothing_behind(tmp_path, assets):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "a.txt").write_text("   \n")
     with pytest.raises(PrepError, match="no non-empty documents"):
-        prepare_domain(tmp_path / "empty", tmp_path / "out", "d", str(assets["model"]), SEQ, progress=False)
+        prepare_domain(tmp_path / "empty", tmp_path / "out", "d", str(assets["model"]), SEQ, FAST)
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_too_little_text_for_a_test_sample(tmp_path, assets):
     src = tiny.write_text_dir(tmp_path / "src", ["just a few words " * 3])
     with pytest.raises(PrepError, match="split has no full sample"):
-        prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, progress=False)
+        prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, FAST)
 
 
 def test_existing_output_needs_overwrite(tmp_path, assets, docs):
     src = tiny.write_text_dir(tmp_path / "src", docs)
-    prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, progress=False)
+    prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, FAST)
     with pytest.raises(PrepError, match="already exists"):
-        prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, progress=False)
-    prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ * 2, overwrite=True, progress=False)
+        prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, FAST)
+    prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ * 2, PrepOptions(overwrite=True, progress=False, workers=0))
     assert read_manifest(tmp_path / "out" / "d")["seq_len"] == SEQ * 2
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["d"]
 
@@ -116,12 +117,12 @@ def test_existing_output_needs_overwrite(tmp_path, assets, docs):
 def test_bad_jsonl_field(tmp_path, assets, docs):
     src = tiny.write_jsonl(tmp_path / "s.jsonl", docs, field="body")
     with pytest.raises(SourceError, match="no field 'text'"):
-        prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, progress=False)
+        prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, FAST)
     assert not (tmp_path / "out" / "d").exists()
 
 
 def test_non_utf8_bytes_do_not_crash(tmp_path, assets, docs):
     src = tiny.write_text_dir(tmp_path / "src", docs)
     (src / "zz_bad.txt").write_bytes(b"caf\xe9 and \xff\xfe bytes " * 50)
-    m = prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, progress=False)
+    m = prepare_domain(src, tmp_path / "out", "d", str(assets["model"]), SEQ, FAST)
     assert sum(s["docs"] for s in m["splits"].values()) == len(docs) + 1

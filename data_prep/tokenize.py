@@ -1,0 +1,84 @@
+"""Parallel tokenization: batches of documents go to worker processes, each running the fast tokenizer's Rust
+`encode_batch`; token ids come back as one int32 array per split (EOS already after each document), in order.
+
+At most `2 × workers` batches are in flight, so memory stays flat however large the source is. Workers get the
+tokenizer as its JSON (`tokenizers.Tokenizer.from_str`), which loads in milliseconds without importing transformers.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections import deque
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+_TOKENIZER = None
+_EOS = -1
+
+
+@dataclass
+class Batch:
+    texts: list[str]
+    splits: list[str]  # the split of each document
+
+    @property
+    def chars(self) -> int:
+        return sum(len(t) for t in self.texts)
+
+
+def _init_worker(tokenizer_json: str, eos_id: int) -> None:
+    global _TOKENIZER, _EOS
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker; the pool is the parallelism
+    from tokenizers import Tokenizer
+
+    _TOKENIZER = Tokenizer.from_str(tokenizer_json)
+    _EOS = eos_id
+
+
+def encode(batch: Batch) -> dict[str, tuple[np.ndarray, int]]:
+    """{split: (ids with EOS after each document, number of documents)} for one batch."""
+    encodings = _TOKENIZER.encode_batch(batch.texts, add_special_tokens=False)
+    by_split: dict[str, list[list[int]]] = {}
+    for split, enc in zip(batch.splits, encodings):
+        ids = enc.ids
+        ids.append(_EOS)
+        by_split.setdefault(split, []).append(ids)
+    out = {}
+    for split, docs in by_split.items():
+        out[split] = (np.concatenate([np.asarray(ids, dtype=np.int32) for ids in docs]), len(docs))
+    return out
+
+
+def batches(items: Iterable[tuple[str, str]], max_docs: int = 512, max_chars: int = 4_000_000) -> Iterator[Batch]:
+    """Group (text, split) pairs into batches bounded by document count and characters."""
+    texts, splits, chars = [], [], 0
+    for text, split in items:
+        texts.append(text)
+        splits.append(split)
+        chars += len(text)
+        if len(texts) >= max_docs or chars >= max_chars:
+            yield Batch(texts, splits)
+            texts, splits, chars = [], [], 0
+    if texts:
+        yield Batch(texts, splits)
+
+
+def encode_all(work: Iterable[Batch], tokenizer_json: str, eos_id: int, workers: int
+               ) -> Iterator[dict[str, tuple[np.ndarray, int]]]:
+    """Encoded batches in input order. workers=0 encodes in this process (no pool)."""
+    if workers <= 0:
+        _init_worker(tokenizer_json, eos_id)
+        for b in work:
+            yield encode(b)
+        return
+    ctx = mp.get_context("spawn")  # no fork: the parent may hold threads (tokenizers' Rust pool, tqdm, MLflow)
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_json, eos_id)) as pool:
+        pending: deque = deque()
+        for b in work:
+            pending.append(pool.apply_async(encode, (b,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
