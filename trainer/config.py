@@ -41,6 +41,7 @@ class DataCfg(Section):
     micro_batch: int = Field(default=1, gt=0)
     num_workers: int = Field(default=0, ge=0)
     shuffle: bool = True
+    verify_hashes: bool = True  # at start-up, hash every local shard file against its index (xxh64, IO-bound)
     cache_dir: str | None = None  # local copies of remote shards; default <run.out_dir>/.shard_cache
 
 

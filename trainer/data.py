@@ -60,7 +60,7 @@ def check_domains(cfg: Config, tokenizer_fp: dict) -> tuple[dict[str, Domain], i
             if dom.manifest["splits"][split]["samples"] == 0:
                 raise ManifestError(f"domain '{d.name}': the {split} split is empty")
         if dom.remote is None:
-            require_valid(dom.local, label=d.name, splits=needed)
+            require_valid(dom.local, label=d.name, splits=needed, hashes=cfg.data.verify_hashes)
         domains[d.name] = dom
     seq_lens = {n: dom.manifest["seq_len"] for n, dom in domains.items()}
     if len(set(seq_lens.values())) > 1:
