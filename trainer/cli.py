@@ -69,6 +69,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from data_prep.manifest import read_manifest
+    from data_prep.prepare import load_tokenizer
+    from data_prep.similarity import MEASURES, Embedder, SampleCfg, compute, default_embedder_path, write
+    from trainer.plots import similarity_heatmaps
+    from trainer.tracking import Tracker
+
+    reference = Path(args.reference)
+    domains = {Path(d).name: Path(d) for d in args.domains}
+    manifests = [read_manifest(p) for p in [reference, *domains.values()]]  # one line if any is not a domain
+    tok_path = args.tokenizer or manifests[0]["tokenizer"]["name"]
+    embedder = Embedder(args.embedder or default_embedder_path())
+    cfg = SampleCfg(seed=args.seed, chunks=args.chunks, chunk_tokens=args.chunk_tokens)
+    result = compute(reference, domains, load_tokenizer(tok_path), embedder, cfg)
+    out = Path(args.out)
+    write(result, out)
+    png = similarity_heatmaps(result["pairwise"], out.with_name("similarity_heatmap.png"), MEASURES)
+    tracker = Tracker(out.parent, args.experiment, enabled=True)
+    tracker.start(args.run_name)
+    tracker.log_params({"reference": str(reference), "seed": str(args.seed), "chunks": str(args.chunks),
+                        "chunk_tokens": str(args.chunk_tokens)})
+    tracker.log_metrics({f"similarity/{d}/{m}": v for d, ms in result["to_reference"].items() for m, v in ms.items()},
+                        step=0)
+    tracker.log_artifact(out, "similarity")
+    tracker.log_artifact(png, "similarity")
+    tracker.end()
+    width = max(len(d) for d in domains)
+    print(f"{'domain':<{width}}  " + "  ".join(f"{m:>14}" for m in MEASURES))
+    for d, ms in result["to_reference"].items():
+        print(f"{d:<{width}}  " + "  ".join(f"{ms[m]:>14.4g}" for m in MEASURES))
+    print(f"wrote {out} and {png}; MLflow run {tracker.run_id} at {tracker.uri}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -91,6 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="'auto' (newest complete checkpoint, or start fresh), 'latest', or a tag")
     t.set_defaults(func=cmd_train)
+    s = sub.add_parser("similarity", help="similarity of prepared domains to a reference sample",
+                       description="Token-unigram and sentence-embedding similarity of each prepared domain to a "
+                                   "reference (a prepared sample of the model's original pretraining data).")
+    s.add_argument("--reference", required=True, help="prepared reference domain folder")
+    s.add_argument("--domains", nargs="+", required=True, help="prepared domain folders (named by folder)")
+    s.add_argument("--out", default="similarity/similarity.json", help="where to write similarity.json")
+    s.add_argument("--tokenizer", help="the LM tokenizer the shards were made with (default: the manifest's)")
+    s.add_argument("--embedder", help="local sentence encoder folder (default: the offline all-MiniLM-L6-v2)")
+    s.add_argument("--chunks", type=int, default=256, help="text chunks sampled per domain")
+    s.add_argument("--chunk-tokens", type=int, default=128, help="LM tokens per chunk")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--experiment", default="odyssey-similarity", help="MLflow experiment")
+    s.add_argument("--run-name", default="similarity")
+    s.set_defaults(func=cmd_similarity)
     args, extra = parser.parse_known_args(argv)
     if args.verb == "train":
         # overrides may come after options: `odyssey train cfg.yaml --nproc 2 optim.lr=1e-4`
