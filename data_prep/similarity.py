@@ -89,8 +89,7 @@ def frechet(x: np.ndarray, y: np.ndarray) -> float:
 
     mu1, mu2 = x.mean(0), y.mean(0)
     s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
-    covmean = covmean.real
+    covmean = np.real(linalg.sqrtm(s1 @ s2))
     return max(0.0, float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean)))
 
 
