@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -50,14 +51,32 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, world: in
     torch.save(_rng_state(), root / tag / f"rng_rank{rank}.pt")
     _barrier()  # every rank has written its shards
     if rank == 0:
+        files = {p.name: p.stat().st_size for p in sorted((root / tag).iterdir()) if p.is_file()}
         marker = {"step": step, "world_size": world, "time": time.time(),
-                  "tokens_seen": client_state.get("tokens_seen")}
+                  "tokens_seen": client_state.get("tokens_seen"), "files": files}
         (root / tag / COMPLETE).write_text(json.dumps(marker) + "\n")
         tmp = root / (LATEST + ".tmp")
         tmp.write_text(tag)
         tmp.replace(root / LATEST)
     _barrier()
     return root / tag
+
+
+def prune(root: Path, keep_last: int | None, keep_every: int | None) -> list[str]:
+    """Delete complete checkpoints beyond the newest `keep_last`, except steps that are multiples of `keep_every`.
+    Incomplete folders older than the newest complete one are leftovers of interrupted saves and go too."""
+    if keep_last is None:
+        return []
+    steps = sorted(int(p.name[5:]) for p in root.glob("step_*") if p.is_dir())
+    complete = [s for s in steps if (root / tag_for(s) / COMPLETE).is_file()]
+    keep = set(complete[-keep_last:])
+    if keep_every:
+        keep |= {s for s in complete if s % keep_every == 0}
+    newest = complete[-1] if complete else -1
+    doomed = [s for s in steps if s not in keep and s <= newest]
+    for s in doomed:
+        shutil.rmtree(root / tag_for(s), ignore_errors=True)
+    return [tag_for(s) for s in doomed]
 
 
 def check_fresh_start(root: Path) -> None:
@@ -88,14 +107,29 @@ def resolve(root: Path, which: str) -> str:
     return tag
 
 
-def load(engine, root: Path, tag: str, rank: int, world: int) -> dict:
-    marker = json.loads((root / tag / COMPLETE).read_text())
+def verify(root: Path, tag: str, world: int) -> dict:
+    """Before loading: the marker parses, the world size matches, and every file the save wrote (every rank's
+    shards) is there with its recorded size. Returns the marker."""
+    folder = root / tag
+    try:
+        marker = json.loads((folder / COMPLETE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{folder / COMPLETE}: unreadable ({err})") from None
     if marker["world_size"] != world:
-        raise CheckpointError(f"{root / tag} was saved by {marker['world_size']} ranks, this run has {world}; "
-                              f"resume with the same world size")
+        raise CheckpointError(f"{folder} was saved by {marker['world_size']} ranks, this run has {world}; "
+                              f"resume with the same world size (or export it and start a new run from the export)")
+    for name, size in marker.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: missing {name} (a rank's shard was lost)")
+        if path.stat().st_size != size:
+            raise CheckpointError(f"{folder}: {name} is {path.stat().st_size} bytes, {size} when saved (truncated)")
+    return marker
+
+
+def load(engine, root: Path, tag: str, rank: int, world: int) -> dict:
+    verify(root, tag, world)
     rng = root / tag / f"rng_rank{rank}.pt"
-    if not rng.is_file():
-        raise CheckpointError(f"{root / tag}: missing {rng.name}")
     path, client_state = engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
                                                 load_lr_scheduler_states=True)
     if path is None:

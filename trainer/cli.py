@@ -50,7 +50,36 @@ def preflight(config: str, overrides: list[str], resume: str | None) -> None:
         checkpoint.check_fresh_start(ckpt_root)
 
 
+def dry_run(args: argparse.Namespace) -> int:
+    from data_prep.manifest import ManifestError, read_manifest
+    from trainer.config import ConfigError, load_config
+    from trainer.plan import plan, print_plan
+
+    cfg = load_config(args.config, args.overrides)
+    seq_len, train_samples = cfg.data.seq_len, None
+    try:
+        manifests = [read_manifest(s.path) for s in cfg.data.streams]
+        seq_len = seq_len or manifests[0]["seq_len"]
+        train_samples = sum(m["splits"]["train"]["samples"] for m in manifests)
+    except ManifestError as err:
+        if seq_len is None:
+            raise ConfigError(f"--dry-run needs data.seq_len or readable prepared domains ({err})") from None
+    world = args.world_size or args.nproc or int(os.environ.get("WORLD_SIZE", "1"))
+    print_plan(cfg, plan(cfg, world, args.gpus_per_node or min(world, 8), seq_len, train_samples))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainer.export import export
+
+    out = export(args.checkpoint, args.out, args.dtype, args.overwrite)
+    print(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with from_pretrained('{out}')")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return run_guarded(lambda: dry_run(args))
     forwarded = [args.config, *args.overrides] + ([f"--resume={args.resume}"] if args.resume else [])
     if args.nproc is None and "RANK" in os.environ:
         from trainer.train import main as train_main  # already one rank of a launched job
@@ -126,7 +155,20 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--master-port", type=int, default=29500)
     t.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="'auto' (newest complete checkpoint, or start fresh), 'latest', or a tag")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config, tokens/step, steps and a "
+                                                              "per-device memory estimate; start nothing")
+    t.add_argument("--world-size", type=int, help="with --dry-run: devices to plan for")
+    t.add_argument("--gpus-per-node", type=int, help="with --dry-run: devices per node (default: min(world, 8))")
     t.set_defaults(func=cmd_train)
+    e = sub.add_parser("export", help="ZeRO checkpoint → HF folder (safetensors + tokenizer)",
+                       description="Consolidate a ZeRO checkpoint with DeepSpeed's zero_to_fp32 and write a HF folder "
+                                   "loadable by from_pretrained.")
+    e.add_argument("checkpoint", help="a checkpoint folder (checkpoints/step_N), a checkpoints folder or a run folder "
+                                      "(newest complete checkpoint)")
+    e.add_argument("out", help="output folder")
+    e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    e.add_argument("--overwrite", action="store_true")
+    e.set_defaults(func=cmd_export)
     s = sub.add_parser("similarity", help="similarity of prepared domains to a reference sample",
                        description="Token-unigram and sentence-embedding similarity of each prepared domain to a "
                                    "reference (a prepared sample of the model's original pretraining data).")

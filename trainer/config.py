@@ -55,17 +55,35 @@ class OptimCfg(Section):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
     accumulation: int = Field(default=1, gt=0)
+    # A micro-batch whose loss is not finite, or above spike_factor x the running mean loss, is skipped (no
+    # backward) and counted in train/skipped_batches, or stops the run with a checkpoint. Decided on all ranks at once.
+    bad_loss: Literal["skip", "stop"] = "skip"
+    spike_factor: float | None = Field(default=None, gt=1)
+    max_skipped: int = Field(default=100, ge=0)  # stop (with a checkpoint) after this many skipped micro-batches
 
 
 class RunCfg(Section):
     out_dir: str = "runs"
     name: str = "run"
     seed: int = 0
-    max_steps: int = Field(default=100, gt=0)
+    # How long to train: exactly one of these (max_steps defaults to 100 when none is set). The LR schedule spans it.
+    max_steps: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0)  # rounded up to whole steps
+    epochs: float | None = Field(default=None, gt=0)  # passes over the training mixture
     # Save a checkpoint and exit cleanly at this step, with the schedule still planned for max_steps (split a run
     # across jobs of fixed length; tests use it to compare a resumed run with an uninterrupted one).
     halt_at_step: int | None = Field(default=None, gt=0)
     log_interval: int = Field(default=1, gt=0)
+
+
+    @model_validator(mode="after")
+    def _one_stop(self) -> "RunCfg":
+        set_ = [k for k in ("max_steps", "max_tokens", "epochs") if getattr(self, k) is not None]
+        if len(set_) > 1:
+            raise ValueError(f"set only one of run.max_steps, run.max_tokens, run.epochs (got {', '.join(set_)})")
+        if not set_:
+            self.max_steps = 100
+        return self
 
 
 class EvalDomainCfg(Section):
@@ -84,11 +102,18 @@ class EvalCfg(Section):
 class CheckpointCfg(Section):
     interval: int = Field(default=0, ge=0)  # 0: save only at the end
     save_final: bool = True
+    keep_last: int | None = Field(default=None, gt=0)  # delete older checkpoints beyond the newest K (None: keep all)
+    keep_every: int | None = Field(default=None, gt=0)  # ...except those whose step is a multiple of M
 
 
 class DeepSpeedCfg(Section):
     config: str = "zero3"  # a name under ds_configs/ or a path to the user's JSON
     overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys applied to the JSON after "auto" filling
+
+
+class MeterCfg(Section):
+    # Peak FLOP/s of one device for MFU. None: detected for A100/H100/H200 (bf16 dense), else MFU is not logged.
+    peak_tflops: float | None = Field(default=None, gt=0)
 
 
 class TrackingCfg(Section):
@@ -106,6 +131,7 @@ class Config(Section):
     checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
     deepspeed: DeepSpeedCfg = Field(default_factory=DeepSpeedCfg)
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)
+    meter: MeterCfg = Field(default_factory=MeterCfg)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Config":

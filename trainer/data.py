@@ -71,12 +71,29 @@ def check_domains(cfg: Config, tokenizer_fp: dict) -> tuple[dict[str, Domain], i
     return domains, seq_len
 
 
-def _collate(batch: list[dict]) -> torch.Tensor:
-    return torch.from_numpy(np.stack([b[TOKENS] for b in batch]).astype(np.int64))
+SAMPLE_ID = "_sample_id"
+
+
+def _collate(batch: list[dict]) -> tuple[torch.Tensor, np.ndarray]:
+    """(tokens [micro_batch, seq_len] int64, the samples' global ids for the ledger)."""
+    tokens = torch.from_numpy(np.stack([b[TOKENS] for b in batch]).astype(np.int64))
+    return tokens, np.array([b[SAMPLE_ID] for b in batch], dtype=np.int64)
+
+
+def _dataset_class():
+    from streaming import StreamingDataset
+
+    class LedgeredDataset(StreamingDataset):
+        """StreamingDataset whose samples carry their global sample id (for the sample ledger)."""
+
+        def get_item(self, sample_id: int, retry: int = 7):
+            return {**super().get_item(sample_id, retry), SAMPLE_ID: int(sample_id)}
+
+    return LedgeredDataset
 
 
 def build_train_loader(cfg: Config, domains: dict[str, Domain]):
-    from streaming import Stream, StreamingDataLoader, StreamingDataset
+    from streaming import Stream, StreamingDataLoader
 
     os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ.get("WORLD_SIZE", "1")))
     mixed = len(cfg.data.streams) > 1
@@ -84,7 +101,7 @@ def build_train_loader(cfg: Config, domains: dict[str, Domain]):
         Stream(**domains[s.name].split("train"), proportion=s.proportion if mixed else None)
         for s in cfg.data.streams
     ]
-    dataset = StreamingDataset(
+    dataset = _dataset_class()(
         streams=streams, batch_size=cfg.data.micro_batch, shuffle=cfg.data.shuffle, shuffle_seed=cfg.run.seed,
         replication=None,
     )
@@ -100,7 +117,7 @@ class Batches:
         self.epoch = 0
         self._it = None
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self) -> tuple[torch.Tensor, np.ndarray]:
         if self._it is None:
             self._it = iter(self.loader)
         try:

@@ -120,7 +120,7 @@ def init_distributed() -> tuple[int, int]:
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
-def build_engine(cfg: Config, ds_config: dict, load_model):
+def build_engine(cfg: Config, ds_config: dict, load_model, total_steps: int):
     """Load the model under ZeRO-3 sharded init and wrap it. Returns (engine, optimizer, scheduler, dschf)."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
@@ -131,7 +131,7 @@ def build_engine(cfg: Config, ds_config: dict, load_model):
     if dschf is not None and not all(hasattr(p, "ds_id") for p in model.parameters()):
         # from_pretrained built full tensors: every rank would hold the whole model at once.
         raise RuntimeError("ZeRO-3 sharded init did not apply while loading the model (HfDeepSpeedConfig inactive)")
-    schedule = LrSchedule(cfg.optim.schedule, cfg.optim.warmup_steps, cfg.run.max_steps, cfg.optim.min_lr_ratio)
+    schedule = LrSchedule(cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
     # A callable scheduler is bound to DeepSpeed's wrapped optimizer, stepped by engine.step() and saved in checkpoints.
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,

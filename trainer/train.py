@@ -23,10 +23,12 @@ from trainer.config import Config, load_config
 from trainer.data import Batches, build_train_loader, check_domains, open_eval_sets
 from trainer.engine import build_engine, fill_ds_config, init_distributed, parameter_counts
 from trainer.evaluate import evaluate
+from trainer.ledger import Ledger
+from trainer.meter import detect_peak_tflops, flops_per_token, mfu
 from trainer.model import load_model, load_tokenizer
 from trainer.plots import degradation_curves
+from trainer.preempt import StopRequest
 from trainer.tracking import Tracker, params_for
-
 
 # torch 2.14 deprecates the collectives DeepSpeed 0.19 calls on every step; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -37,12 +39,12 @@ def log(rank: int, msg: str) -> None:
         print(f"[odyssey] {msg}", flush=True)
 
 
-def mean_across_ranks(value: float, world: int) -> float:
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return t.item() / world
+def all_ranks(values: list[float], world: int, op=None) -> list[float]:
+    """Sum (or op) a few scalars across ranks in one collective."""
+    t = torch.tensor(values, dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(t, op=op or torch.distributed.ReduceOp.SUM)
+    return t.tolist()
 
 
 def eval_metrics(results: dict, baseline: dict) -> dict[str, float]:
@@ -55,6 +57,14 @@ def eval_metrics(results: dict, baseline: dict) -> dict[str, float]:
     return out
 
 
+def total_steps(cfg: Config, tokens_per_step: int, samples_per_rank_epoch: int) -> int:
+    if cfg.run.max_steps:
+        return cfg.run.max_steps
+    if cfg.run.max_tokens:
+        return max(1, -(-cfg.run.max_tokens // tokens_per_step))
+    return max(1, int(cfg.run.epochs * samples_per_rank_epoch) // (cfg.data.micro_batch * cfg.optim.accumulation))
+
+
 def train(cfg: Config, resume: str | None = None) -> dict:
     rank, world = init_distributed()
     random.seed(cfg.run.seed + rank)
@@ -63,8 +73,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     run_dir = cfg.run_dir
     ckpt_root = run_dir / "checkpoints"
+    stop_request = StopRequest()
 
-    # --- build: data checks first (cheap), then the model under ZeRO-3, then the loader
+    # --- build: data checks first (cheap), then the loader, then the model under ZeRO-3
     tokenizer = load_tokenizer(cfg.model)
     domains, seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer))
     from transformers import AutoConfig
@@ -74,19 +85,28 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     tag = checkpoint.resolve(ckpt_root, resume) if resume else ""
     if not resume:
         checkpoint.check_fresh_start(ckpt_root)
+    if tag:
+        checkpoint.verify(ckpt_root, tag, world)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-    engine, _, scheduler, _dschf = build_engine(cfg, ds_config, lambda: load_model(cfg.model))
     loader = build_train_loader(cfg, domains)
     eval_sets = open_eval_sets(domains, cfg.eval.split)
     tokens_per_step = cfg.data.micro_batch * seq_len * cfg.optim.accumulation * world
+    max_steps = total_steps(cfg, tokens_per_step, len(loader.dataset))
+    engine, _, scheduler, _dschf = build_engine(cfg, ds_config, lambda: load_model(cfg.model), max_steps)
+    n_params, n_local = parameter_counts(engine.module)
+    flops_token = flops_per_token(hf_config, n_params, seq_len)
+    peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops()
     eval_mb = cfg.eval.micro_batch or cfg.data.micro_batch
+    ledger = Ledger(run_dir, rank)
 
-    state = {"step": 0, "tokens_seen": 0, "mlflow_run_id": None, "baseline": None, "history": []}
+    state = {"step": 0, "tokens_seen": 0, "mlflow_run_id": None, "baseline": None, "history": [], "skipped": 0,
+             "loss_ema": None}
     if tag:
         client = checkpoint.load(engine, ckpt_root, tag, rank, world)
-        state.update({k: client[k] for k in state})
+        state.update({k: client[k] for k in state if k in client})
         loader.load_state_dict(client["loader"])
+        ledger.truncate_after(state["step"])
         log(rank, f"resumed from {ckpt_root / tag} at step {state['step']} ({state['tokens_seen']:,} tokens seen)")
 
     tracker = Tracker(run_dir, cfg.tracking.experiment, enabled=rank == 0)
@@ -96,10 +116,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
         tracker.log_params(params_for(cfg.model_dump(mode="json")))
-        n_params, n_local = parameter_counts(engine.module)
         tracker.log_params({"derived.world_size": str(world), "derived.seq_len": str(seq_len),
-                            "derived.tokens_per_step": str(tokens_per_step), "derived.params": str(n_params),
-                            "derived.params_on_rank0": str(n_local)})
+                            "derived.tokens_per_step": str(tokens_per_step), "derived.total_steps": str(max_steps),
+                            "derived.params": str(n_params), "derived.params_on_rank0": str(n_local),
+                            "derived.flops_per_token": f"{flops_token:.4g}", "derived.peak_tflops": str(peak_tflops)})
         tracker.log_artifact(run_dir / "config.yaml", "config")
         tracker.log_artifact(run_dir / "ds_config.json", "config")
         for dom in domains.values():
@@ -107,8 +127,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             dst.parent.mkdir(exist_ok=True)
             dst.write_text(json.dumps(dom.manifest, indent=2))
             tracker.log_artifact(dst, "manifests")
-    log(rank, f"world {world}, seq_len {seq_len}, {tokens_per_step:,} tokens/step, "
-              f"steps {state['step']}→{cfg.run.max_steps}, MLflow run {state['mlflow_run_id']} at {tracker.uri}")
+    log(rank, f"world {world}, {n_params / 1e6:.1f}M params ({n_local / 1e6:.1f}M on rank 0), seq_len {seq_len}, "
+              f"{tokens_per_step:,} tokens/step, steps {state['step']}→{max_steps}, "
+              f"MLflow run {state['mlflow_run_id']} at {tracker.uri}")
 
     def run_eval(step: int) -> None:
         t0 = time.time()
@@ -126,10 +147,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     def save(step: int) -> None:
         t0 = time.time()
-        client = {k: state[k] for k in ("step", "tokens_seen", "mlflow_run_id", "baseline", "history")}
+        ledger.flush()
+        client = {k: state[k] for k in state}
         client["loader"] = loader.state_dict()
         path = checkpoint.save(engine, ckpt_root, step, client, rank, world)
-        log(rank, f"checkpoint {path} ({time.time() - t0:.1f}s)")
+        if rank == 0:
+            pruned = checkpoint.prune(ckpt_root, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
+            log(rank, f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
 
     if state["step"] == 0:
         run_eval(0)  # the baseline: the base model before any update
@@ -137,53 +161,84 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     # --- the loop
     batches = Batches(loader)
     engine.train()
-    stop_at = min(cfg.run.max_steps, cfg.run.halt_at_step or cfg.run.max_steps)
+    stop_at = min(max_steps, cfg.run.halt_at_step or max_steps)
     last_save = state["step"]
+    stopped_by = None
     while state["step"] < stop_at:
         t0 = time.time()
-        loss_sum = 0.0
-        for _ in range(cfg.optim.accumulation):
-            tokens = next(batches).to(device)
+        loss_sum, done, used = 0.0, 0, []
+        while done < cfg.optim.accumulation:
+            tokens, sample_ids = next(batches)
+            tokens = tokens.to(device)
             loss = engine(input_ids=tokens, labels=tokens).loss
+            value = loss.item()
+            # every rank must agree before backward: ZeRO-3's backward is collective
+            bad_local = not math.isfinite(value) or bool(
+                cfg.optim.spike_factor and state["loss_ema"] and value > cfg.optim.spike_factor * state["loss_ema"])
+            if all_ranks([float(bad_local)], world)[0] > 0:
+                state["skipped"] += 1
+                ledger.record(-(state["step"] + 1), sample_ids)  # consumed, not trained on
+                log(rank, f"step {state['step'] + 1}: bad loss ({value:.4g} on rank 0), micro-batch skipped "
+                          f"({state['skipped']} so far)")
+                tracker.log_metrics({"train/skipped_batches": state["skipped"]}, state["step"] + 1)
+                if cfg.optim.bad_loss == "stop" or state["skipped"] > cfg.optim.max_skipped:
+                    stopped_by = f"bad loss (optim.bad_loss={cfg.optim.bad_loss}, {state['skipped']} skipped)"
+                    break
+                continue
             engine.backward(loss)
             engine.step()
-            loss_sum += loss.item()
+            loss_sum += value
+            used.append(sample_ids)
+            done += 1
+        if stopped_by:
+            break
         state["step"] += 1
         state["tokens_seen"] += tokens_per_step
         step = state["step"]
-        loss = mean_across_ranks(loss_sum / cfg.optim.accumulation, world)
-        if not math.isfinite(loss):
-            log(rank, f"non-finite loss at step {step}")
+        ledger.record(step, np.concatenate(used))
+        loss = all_ranks([loss_sum / cfg.optim.accumulation], world)[0] / world
+        state["loss_ema"] = loss if state["loss_ema"] is None else 0.9 * state["loss_ema"] + 0.1 * loss
         if step % cfg.run.log_interval == 0 or step == stop_at:
             dt = time.time() - t0
             grad_norm = engine.get_global_grad_norm()
+            per_device = tokens_per_step / dt / world
             metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                       "train/tokens_per_s": tokens_per_step / dt, "train/tokens_seen": state["tokens_seen"],
-                       "train/epoch": batches.epoch}
+                       "train/tokens_per_s": tokens_per_step / dt, "train/tokens_per_s_per_device": per_device,
+                       "train/tokens_seen": state["tokens_seen"], "train/epoch": batches.epoch}
             if grad_norm is not None:
                 metrics["train/grad_norm"] = float(grad_norm)
+            util = mfu(per_device, flops_token, peak_tflops)
+            if util is not None:
+                metrics["train/mfu"] = util
             tracker.log_metrics(metrics, step)
-            log(rank, f"step {step}/{cfg.run.max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} "
-                      f"{metrics['train/tokens_per_s']:,.0f} tok/s")
-        if cfg.eval.interval and step % cfg.eval.interval == 0 or step == cfg.run.max_steps:
+            log(rank, f"step {step}/{max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} "
+                      f"{metrics['train/tokens_per_s']:,.0f} tok/s" + (f" mfu {util:.1%}" if util is not None else ""))
+        if cfg.eval.interval and step % cfg.eval.interval == 0 or step == max_steps:
             run_eval(step)
             engine.train()
         if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             save(step)
             last_save = step
+        if step < stop_at and stop_request.agreed(world):
+            stopped_by = f"{stop_request.name}"
+            break
 
     step = state["step"]
-    if step != last_save and (step < cfg.run.max_steps or cfg.checkpoint.save_final):
+    ledger.flush()
+    if step != last_save and (step < max_steps or cfg.checkpoint.save_final):
         save(step)
     if rank == 0 and state["history"]:
         png = degradation_curves(state["history"], [s.name for s in cfg.data.streams],
                                  run_dir / "curves" / "degradation.png")
         tracker.log_artifact(png, "curves")
-    if step >= cfg.run.max_steps:
+    if step >= max_steps:
         tracker.end("FINISHED")
         log(rank, f"done: {step} steps, {state['tokens_seen']:,} tokens; run folder {run_dir}")
+    elif stopped_by:
+        log(rank, f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")
     else:
-        log(rank, f"halted at step {step} (run.halt_at_step); resume with --resume auto")
+        log(rank, f"halted at step {step} (run.halt_at_step); continue with --resume auto")
+    state["stopped_by"] = stopped_by
     return state
 
 
@@ -197,7 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     from trainer.cli import run_guarded
 
-    return run_guarded(lambda: train(load_config(args.config, args.overrides), args.resume) and 0)
+    def run() -> int:
+        state = train(load_config(args.config, args.overrides), args.resume)
+        return 3 if state["stopped_by"] and state["stopped_by"].startswith("bad loss") else 0
+
+    return run_guarded(run)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""`odyssey export CKPT OUT [--dtype bf16]`: a ZeRO checkpoint → a normal HF folder (safetensors + tokenizer).
+
+The shards are consolidated by DeepSpeed's own `zero_to_fp32` (CPU only, no process group), loaded into a model built
+from the run's HF config, cast, and written with `save_pretrained` into a temp folder that is renamed into place.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import yaml
+
+from trainer import checkpoint
+from trainer.checkpoint import CheckpointError
+
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def locate(ckpt: Path) -> tuple[Path, str, Path]:
+    """(checkpoints root, tag, run folder) from a step folder, a checkpoints folder or a run folder."""
+    ckpt = ckpt.resolve()
+    if (ckpt / checkpoint.COMPLETE).is_file():
+        root, tag = ckpt.parent, ckpt.name
+    else:
+        root = ckpt / "checkpoints" if (ckpt / "checkpoints").is_dir() else ckpt
+        tag = checkpoint.resolve(root, "auto")
+        if not tag:
+            raise CheckpointError(f"{ckpt}: no complete checkpoint found")
+    checkpoint.resolve(root, tag)  # complete?
+    run_dir = root.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(f"{run_dir}: no config.yaml next to the checkpoints (not an Odyssey run folder)")
+    return root, tag, run_dir
+
+
+def export(ckpt: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> Path:
+    import torch
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.model import DTYPES as TORCH_DTYPES
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} already exists; pass --overwrite to replace it")
+    root, tag, run_dir = locate(Path(ckpt))
+    model_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+    t0 = time.time()
+    state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    config = AutoConfig.from_pretrained(model_cfg["path"], trust_remote_code=model_cfg.get("trust_remote_code", False))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
+                                             trust_remote_code=model_cfg.get("trust_remote_code", False))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(f"{root / tag}: weights do not fit the model config (missing {sorted(missing)[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    model.to(TORCH_DTYPES[dtype])
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or model_cfg["path"]).save_pretrained(tmp)
+        (tmp / "odyssey_export.yaml").write_text(yaml.safe_dump(
+            {"checkpoint": str(root / tag), "run": str(run_dir), "dtype": dtype, "seconds": round(time.time() - t0, 2)}))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
