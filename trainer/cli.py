@@ -30,7 +30,7 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
         return 2
 
 
-def preflight(config: str, overrides: list[str], resume: str | None) -> None:
+def preflight(config: str, overrides: list[str], resume: str | None, world: int) -> None:
     """Checks that need no model weights or process group: config, domains, tokenizer. Run before spawning ranks so
     a typo gives one line instead of one per rank."""
     from data_prep.manifest import tokenizer_fingerprint
@@ -45,7 +45,9 @@ def preflight(config: str, overrides: list[str], resume: str | None) -> None:
     fill_ds_config(cfg, world_size=1)
     ckpt_root = cfg.run_dir / "checkpoints"
     if resume:
-        checkpoint.resolve(ckpt_root, resume)
+        tag = checkpoint.resolve(ckpt_root, resume)
+        if tag:
+            checkpoint.verify(ckpt_root, tag, world)
     else:
         checkpoint.check_fresh_start(ckpt_root)
 
@@ -85,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from trainer.train import main as train_main  # already one rank of a launched job
 
         return train_main(forwarded)
-    rc = run_guarded(lambda: preflight(args.config, args.overrides, args.resume))
+    rc = run_guarded(lambda: preflight(args.config, args.overrides, args.resume, args.nproc or 1))
     if rc:
         return rc
     if not args.nproc or args.nproc == 1:

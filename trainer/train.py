@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -162,6 +163,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     batches = Batches(loader)
     engine.train()
     stop_at = min(max_steps, cfg.run.halt_at_step or max_steps)
+    # Fault injection for the tests of the bad-loss policy: a NaN loss on the last rank at this step, first micro-batch.
+    nan_at = int(os.environ.get("ODYSSEY_FAULT_NAN_AT_STEP", "0"))
     last_save = state["step"]
     stopped_by = None
     while state["step"] < stop_at:
@@ -172,6 +175,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             tokens = tokens.to(device)
             loss = engine(input_ids=tokens, labels=tokens).loss
             value = loss.item()
+            if nan_at == state["step"] + 1 and rank == world - 1:
+                value, nan_at = float("nan"), 0
             # every rank must agree before backward: ZeRO-3's backward is collective
             bad_local = not math.isfinite(value) or bool(
                 cfg.optim.spike_factor and state["loss_ema"] and value > cfg.optim.spike_factor * state["loss_ema"])

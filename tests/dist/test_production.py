@@ -1,0 +1,222 @@
+"""Production behaviour on real 2-rank ZeRO-3: a killed run resumes to the same losses with a clean sample ledger,
+a signal saves and exits 0, export round-trips to from_pretrained, bad losses follow the policy, GPT-2 trains, and
+broken checkpoints are refused with one line."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.dist.test_train_zero3 import client_and_run, free_port, history
+
+pytestmark = pytest.mark.slow
+
+
+def cmd(cfg, *args, nproc=2):
+    c = [sys.executable, "-m", "trainer.cli", "train", str(cfg), *args]
+    return c + (["--nproc", str(nproc), "--master-port", str(free_port())] if nproc else [])
+
+
+def run(cfg, *args, nproc=2, env=None, expect=0):
+    r = subprocess.run(cmd(cfg, *args, nproc=nproc), capture_output=True, text=True, timeout=900,
+                       env={**os.environ, **(env or {})})
+    assert r.returncode == expect, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def base(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prod")
+    cfg = out / "train.yaml"
+    cfg.write_text(f"""
+model: {{path: {assets['model']}}}
+data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}], micro_batch: 2}}
+optim: {{lr: 3.0e-3, warmup_steps: 1}}
+run: {{out_dir: {out}, name: straight, max_steps: 8, seed: 3}}
+eval: {{interval: 4, max_samples: 8}}
+checkpoint: {{interval: 2}}
+tracking: {{experiment: test}}
+""")
+    run(cfg)
+    return cfg, out
+
+
+def losses(run_dir):
+    client, runs = client_and_run(run_dir)
+    assert len(runs) == 1
+    return history(client, runs[0].info.run_id, "train/loss")
+
+
+def ledger_by_step(run_dir):
+    from trainer.ledger import read
+
+    return {rank: {int(s): sorted(rec["sample_id"][rec["step"] == s].tolist()) for s in np.unique(rec["step"])}
+            for rank, rec in read(run_dir).items()}
+
+
+def test_ledger_covers_every_step_without_repeats(base):
+    cfg, out = base
+    led = ledger_by_step(out / "straight")
+    assert sorted(led) == [0, 1]
+    ids = []
+    for rank in led:
+        assert sorted(led[rank]) == list(range(1, 9))
+        assert all(len(v) == 2 for v in led[rank].values())  # micro_batch 2, accumulation 1
+        ids += [i for v in led[rank].values() for i in v]
+    assert len(ids) == len(set(ids)) == 32, "no sample twice within the epoch"
+
+
+def test_sigkill_then_resume_matches_and_ledger_is_clean(base):
+    cfg, out = base
+    p = subprocess.Popen(cmd(cfg, "run.name=killed"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True)
+    seen = []
+    for line in p.stdout:
+        seen.append(line)
+        if "step 5/8" in line:
+            os.killpg(p.pid, signal.SIGKILL)  # the whole job, mid-run, after the step-4 checkpoint
+            break
+    p.wait(timeout=60)
+    assert any("step 5/8" in s for s in seen), "".join(seen)[-3000:]
+    ckpts = out / "killed" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step_00000004"
+    r = run(cfg, "run.name=killed", "--resume", "auto")
+    assert "resumed from" in r.stdout and "at step 4" in r.stdout
+    a, b = losses(out / "straight"), losses(out / "killed")
+    assert sorted(b) == list(range(1, 9))
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), step
+    # the ledger of the killed run held step 5 (after its last checkpoint); resume dropped it and replayed it
+    assert ledger_by_step(out / "killed") == ledger_by_step(out / "straight")
+
+
+def test_sigusr1_on_one_rank_saves_and_exits_zero(base):
+    import psutil
+
+    cfg, out = base
+    p = subprocess.Popen(cmd(cfg, "run.name=signalled", "checkpoint.interval=0"), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if "step 3/8" in line:
+            ranks = [c for c in psutil.Process(p.pid).children(recursive=True) if "--local_rank=1" in " ".join(
+                c.cmdline())]
+            assert ranks, "rank 1 process not found"
+            ranks[0].send_signal(signal.SIGUSR1)
+    rc = p.wait(timeout=300)
+    text = "".join(lines)
+    assert rc == 0, text[-3000:]
+    assert "by SIGUSR1" in text or "by a signal on another rank" in text
+    tag = (out / "signalled" / "checkpoints" / "latest").read_text()
+    step = int(tag.split("_")[1])
+    assert 3 <= step < 8 and (out / "signalled" / "checkpoints" / tag / "COMPLETE").is_file()
+    run(cfg, "run.name=signalled", "checkpoint.interval=0", "--resume", "auto")
+    a, b = losses(out / "straight"), losses(out / "signalled")
+    assert b[8] == pytest.approx(a[8], abs=1e-6)
+
+
+def test_export_round_trip(base, assets, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from data_prep.shards import TOKENS, open_split
+
+    cfg, out = base
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(out / "straight"), str(tmp_path / "hf")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf").eos_token == "<eos>"
+    ds = open_split(assets["domains"] / "prose" / "test")
+    tokens = torch.from_numpy(np.stack([ds[i][TOKENS] for i in range(8)]).astype(np.int64))
+    with torch.no_grad():
+        logits = model(input_ids=tokens).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), tokens[:, 1:]).item()
+    client, runs = client_and_run(out / "straight")
+    engine_loss = history(client, runs[0].info.run_id, "eval/prose/loss")[8]
+    assert loss == pytest.approx(engine_loss, abs=1e-5)
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(out / "straight"), str(tmp_path / "hf")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(out / "straight"), str(tmp_path / "bf"),
+                        "--dtype", "bf16"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "bf", dtype="auto").dtype == torch.bfloat16
+
+
+def test_bad_loss_skip_and_stop(base):
+    cfg, out = base
+    run(cfg, "run.name=nan_skip", env={"ODYSSEY_FAULT_NAN_AT_STEP": "3"})
+    client, runs = client_and_run(out / "nan_skip")
+    assert history(client, runs[0].info.run_id, "train/skipped_batches") == {3: 1.0}
+    assert runs[0].info.status == "FINISHED"
+    from trainer.ledger import read
+
+    skipped = [r for r in read(out / "nan_skip").values() if (r["step"] < 0).any()]
+    assert len(skipped) == 2 and all((r["step"][r["step"] < 0] == -3).all() for r in skipped)
+    r = run(cfg, "run.name=nan_stop", "optim.bad_loss=stop", env={"ODYSSEY_FAULT_NAN_AT_STEP": "3"}, expect=3)
+    assert "stopped at step 2 by bad loss" in r.stdout
+    assert (out / "nan_stop" / "checkpoints" / "latest").read_text() == "step_00000002"
+
+
+def test_gpt2_trains(assets, tmp_path):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    model_dir = tmp_path / "gpt2"
+    tok = AutoTokenizer.from_pretrained(assets["model"])
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=64, n_layer=2, n_head=4)).save_pretrained(
+        model_dir)
+    tok.save_pretrained(model_dir)
+    cfg = tmp_path / "g.yaml"
+    cfg.write_text(f"model: {{path: {model_dir}, attn_impl: eager, activation_checkpointing: true}}\n"
+                   f"data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}]}}\n"
+                   f"run: {{out_dir: {tmp_path}, name: g, max_tokens: 1000}}\n"
+                   f"eval: {{interval: 0, max_samples: 4}}\ntracking: {{experiment: test}}\n")
+    r = run(cfg)
+    assert "done: 8 steps" in r.stdout  # 1000 tokens / (2 ranks x 1 x 64 tokens) rounded up
+
+
+def broken_copy(out, name):
+    dst = out / name
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(out / "straight", dst)
+    return dst
+
+
+def one_error(r):
+    errors = [line for line in r.stderr.splitlines() if line.startswith("odyssey: error")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-3000:]
+    return errors[0]
+
+
+def test_broken_checkpoints_are_refused(base):
+    cfg, out = base
+    d = broken_copy(out, "missing_shard")
+    next((d / "checkpoints" / "step_00000008").glob("*zero_pp_rank_1_*optim_states.pt")).unlink()
+    err = one_error(subprocess.run(cmd(cfg, "run.name=missing_shard", "run.max_steps=10", "--resume", "latest"),
+                                   capture_output=True, text=True, timeout=300))
+    assert "missing" in err and "zero_pp_rank_1" in err
+
+    d = broken_copy(out, "bad_latest")
+    (d / "checkpoints" / "latest").write_text("garbage\x00")
+    err = one_error(subprocess.run(cmd(cfg, "run.name=bad_latest", "--resume", "latest"), capture_output=True,
+                                   text=True, timeout=300))
+    assert "latest names" in err
+
+    d = broken_copy(out, "world")
+    err = one_error(subprocess.run(cmd(cfg, "run.name=world", "run.max_steps=10", "--resume", "auto", nproc=None),
+                                   capture_output=True, text=True, timeout=300))
+    assert "saved by 2 ranks, this run has 1" in err
+
+    d = broken_copy(out, "truncated")
+    f = next((d / "checkpoints" / "step_00000008").glob("*zero_pp_rank_0_*model_states.pt"))
+    f.write_bytes(f.read_bytes()[:-100])
+    err = one_error(subprocess.run(cmd(cfg, "run.name=truncated", "run.max_steps=10", "--resume", "auto"),
+                                   capture_output=True, text=True, timeout=300))
+    assert "truncated" in err
