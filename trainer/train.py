@@ -104,11 +104,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     state = {"step": 0, "tokens_seen": 0, "mlflow_run_id": None, "baseline": None, "history": [], "skipped": 0,
              "loss_ema": None}
     if tag:
+        t_load = time.time()
         client = checkpoint.load(engine, ckpt_root, tag, rank, world)
         state.update({k: client[k] for k in state if k in client})
         loader.load_state_dict(client["loader"])
         ledger.truncate_after(state["step"])
-        log(rank, f"resumed from {ckpt_root / tag} at step {state['step']} ({state['tokens_seen']:,} tokens seen)")
+        log(rank, f"resumed from {ckpt_root / tag} at step {state['step']} ({state['tokens_seen']:,} tokens seen; "
+                  f"loaded in {time.time() - t_load:.1f}s)")
 
     tracker = Tracker(run_dir, cfg.tracking.experiment, enabled=rank == 0)
     state["mlflow_run_id"] = tracker.start(cfg.tracking.run_name or cfg.run.name, state["mlflow_run_id"],
