@@ -97,6 +97,10 @@ class EvalCfg(Section):
     max_samples: int | None = Field(default=None, gt=0)  # per domain, taken from the start of its test split
     split: Literal["test", "val"] = "test"
     micro_batch: int | None = Field(default=None, gt=0)  # defaults to data.micro_batch
+    log_spaced: int | None = Field(default=None, ge=2)  # N evals log-spaced over the run (dense early); overrides interval
+    token_stats: bool = True  # per-token statistics against the step-0 baseline at every eval (docs/ANALYSIS.md)
+    top_k: int = Field(default=20, gt=0)
+    function_words: list[str] | None = None  # the "function_words" category; default: an English list
 
 
 class CheckpointCfg(Section):

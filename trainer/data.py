@@ -134,16 +134,15 @@ def open_eval_sets(domains: dict[str, Domain], split: str) -> dict[str, object]:
 
 
 def eval_batches(ds, rank: int, world: int, micro_batch: int, max_samples: int | None):
-    """This rank's eval batches of (tokens, weight). Every rank yields the same number of batches; padding batches
-    repeat sample 0 with weight 0, so ZeRO-3's collective forwards line up and padding never counts."""
+    """This rank's eval batches of (tokens, weight, sample index). Every rank yields the same number of batches;
+    padding rows repeat sample 0 with weight 0 (index -1), so ZeRO-3's collective forwards line up and padding never
+    counts."""
     n = ds.num_samples if max_samples is None else min(ds.num_samples, max_samples)
     mine = list(range(rank, n, world))
     per_rank = -(-n // world)
     n_batches = -(-per_rank // micro_batch)
     for b in range(n_batches):
         ids = mine[b * micro_batch:(b + 1) * micro_batch]
-        weight = [1.0] * len(ids) + [0.0] * (micro_batch - len(ids))
-        ids = ids + [0] * (micro_batch - len(ids))
-        tokens = torch.from_numpy(np.stack([ds[i][TOKENS] for i in ids]).astype(np.int64))
-        yield tokens, torch.tensor(weight)
-
+        pad = micro_batch - len(ids)
+        tokens = torch.from_numpy(np.stack([ds[i][TOKENS] for i in ids + [0] * pad]).astype(np.int64))
+        yield tokens, torch.tensor([1.0] * len(ids) + [0.0] * pad), torch.tensor(ids + [-1] * pad)

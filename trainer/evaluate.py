@@ -1,9 +1,14 @@
 """Per-domain loss and perplexity, token-weighted and summed across ranks. Every rank runs every forward (ZeRO-3
-gathers parameters collectively); per-token losses are reduced inside the loop, never stored as full logits."""
+gathers parameters collectively); per-token losses are reduced inside the loop, never stored as full logits.
+
+With `per_token=True` each domain's per-token losses and targets are also assembled in sample order on every rank
+([samples, seq_len-1], one all-reduce each), for the token statistics against the base model."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -16,23 +21,47 @@ def token_losses(model, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
 
 
+@dataclass
+class DomainEval:
+    loss: float
+    ppl: float
+    tokens: int
+    targets: np.ndarray | None = None  # [samples, seq_len-1] int64, sample order
+    losses: np.ndarray | None = None  # [samples, seq_len-1] float32
+
+
 @torch.no_grad()
-def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int,
-             max_samples: int | None, device: torch.device) -> dict[str, dict[str, float]]:
+def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int, max_samples: int | None,
+             device: torch.device, per_token: bool = False) -> dict[str, DomainEval]:
     was_training = model.training
     model.eval()
     sums = torch.zeros(len(eval_sets), 2, dtype=torch.float64, device=device)  # [loss sum, token count]
-    for i, ds in enumerate(eval_sets.values()):
-        for tokens, weight in eval_batches(ds, rank, world, micro_batch, max_samples):
-            losses = token_losses(model, tokens.to(device))
+    full: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for i, (name, ds) in enumerate(eval_sets.items()):
+        n = ds.num_samples if max_samples is None else min(ds.num_samples, max_samples)
+        for tokens, weight, idx in eval_batches(ds, rank, world, micro_batch, max_samples):
+            tokens = tokens.to(device)
+            losses = token_losses(model, tokens)
             w = weight.to(device)[:, None].expand_as(losses)
             sums[i, 0] += (losses.double() * w).sum()
             sums[i, 1] += w.sum()
+            if per_token:
+                if name not in full:
+                    shape = (n, losses.shape[1])
+                    full[name] = (torch.zeros(shape, dtype=torch.int64), torch.zeros(shape, dtype=torch.float32))
+                real = weight > 0
+                full[name][0][idx[real]] = tokens[real, 1:].cpu()
+                full[name][1][idx[real]] = losses[real].float().cpu()
     if world > 1:
         torch.distributed.all_reduce(sums)
+        for targets, losses in full.values():
+            torch.distributed.all_reduce(targets)
+            torch.distributed.all_reduce(losses)
     model.train(was_training)
     out = {}
     for i, name in enumerate(eval_sets):
         loss = (sums[i, 0] / sums[i, 1]).item()
-        out[name] = {"loss": loss, "ppl": math.exp(min(loss, 80.0)), "tokens": int(sums[i, 1].item())}
+        targets, losses = full.get(name, (None, None))
+        out[name] = DomainEval(loss, math.exp(min(loss, 80.0)), int(sums[i, 1].item()),
+                               None if targets is None else targets.numpy(), None if losses is None else losses.numpy())
     return out

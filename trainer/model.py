@@ -2,6 +2,7 @@
 `HfDeepSpeedConfig` alive for ZeRO-3, `from_pretrained` itself builds the model sharded (deepspeed.zero.Init)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -11,9 +12,20 @@ from trainer.config import ConfigError, ModelCfg
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
+
+
 def _check_path(path: str, what: str) -> None:
-    if not Path(path).exists():
-        raise ConfigError(f"{what} not found: {path} (Odyssey loads models from local folders only)")
+    """A local folder, or a hub name (`org/model`, only where the machine is online)."""
+    if not Path(path).exists() and not HUB_NAME.fullmatch(path):
+        raise ConfigError(f"{what} not found: {path} (a local model folder, or a hub name like org/model)")
+
+
+def _from_pretrained(cls, path: str, what: str, **kwargs):
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as err:  # offline hub name, missing files, gated repo
+        raise ConfigError(f"{what} {path}: cannot load ({str(err).splitlines()[0][:200]})") from None
 
 
 def load_tokenizer(cfg: ModelCfg):
@@ -21,7 +33,8 @@ def load_tokenizer(cfg: ModelCfg):
 
     path = cfg.tokenizer or cfg.path
     _check_path(path, "model.tokenizer" if cfg.tokenizer else "model.path")
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    return _from_pretrained(AutoTokenizer, path, "model.tokenizer" if cfg.tokenizer else "model.path",
+                            trust_remote_code=cfg.trust_remote_code)
 
 
 def load_model(cfg: ModelCfg):
@@ -31,7 +44,7 @@ def load_model(cfg: ModelCfg):
     kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_impl:
         kwargs["attn_implementation"] = cfg.attn_impl
-    model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+    model = _from_pretrained(AutoModelForCausalLM, cfg.path, "model.path", **kwargs)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

@@ -10,21 +10,26 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def degradation_curves(history: list[dict], train_domains: list[str], out: Path) -> Path:
-    """history: [{"step", "tokens_seen", "ppl_ratio": {domain: ratio}}], in step order."""
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    """history: [{"step", "tokens_seen", "ppl": {domain: ppl}, "ppl_ratio": {domain: ratio}}], in step order."""
+    fig, (ax_ppl, ax_ratio) = plt.subplots(1, 2, figsize=(13, 5), dpi=120)
     domains = list(history[0]["ppl_ratio"]) if history else []
     xs = [h["tokens_seen"] for h in history]
     for name in domains:
-        ys = [h["ppl_ratio"][name] for h in history]
         trained = name in train_domains
-        ax.plot(xs, ys, marker="o", linewidth=3 if trained else 1.5, zorder=3 if trained else 2,
-                label=f"{name} (trained)" if trained else name)
-    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("perplexity / perplexity at step 0")
-    ax.set_title("Perplexity against the base model, per domain")
-    ax.grid(True, alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+        style = {"marker": "o", "linewidth": 3 if trained else 1.5, "zorder": 3 if trained else 2,
+                 "label": f"{name} (trained)" if trained else name}
+        ax_ppl.plot(xs, [h["ppl"][name] for h in history], **style)
+        ax_ratio.plot(xs, [h["ppl_ratio"][name] for h in history], **style)
+    ax_ppl.set_yscale("log")
+    ax_ppl.set_ylabel("perplexity (log scale)")
+    ax_ppl.set_title("Perplexity per domain")
+    ax_ratio.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    ax_ratio.set_ylabel("perplexity / perplexity at step 0")
+    ax_ratio.set_title("Against the base model (above 1: worse)")
+    for ax in (ax_ppl, ax_ratio):
+        ax.set_xlabel("tokens seen")
+        ax.grid(True, alpha=0.3)
+    ax_ratio.legend(loc="best", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
@@ -57,6 +62,45 @@ def similarity_heatmaps(pairwise: dict, out: Path, measures: tuple[str, ...]) ->
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("Domain similarity, all pairs (dark = similar)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def token_report(summary: dict, domain: str, step: int, out: Path, top: int = 15) -> Path:
+    """Top degrading and improving tokens (summed Δloss), the Δloss histogram, and loss by position."""
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9), dpi=110)
+    for ax, key, colour, title in ((axes[0, 0], "top_degrading", "tab:red", "most degrading tokens"),
+                                   (axes[0, 1], "top_improving", "tab:green", "most improving tokens")):
+        rows = summary[key][:top][::-1]
+        labels = [f"'{r['token']}'  ({r['category'].replace('_', ' ')}, n={r['count']})" for r in rows]
+        ax.barh(range(len(rows)), [r["delta_sum"] for r in rows], color=colour)
+        ax.set_yticks(range(len(rows)), labels, fontsize=8)
+        ax.set_xlabel("summed Δloss (nats) over occurrences")
+        ax.set_title(title, fontsize=10)
+        ax.axvline(0, color="grey", linewidth=0.8)
+    h = summary["histogram"]
+    edges = h["edges"]
+    axes[1, 0].bar(edges[:-1], h["counts"], width=[b - a for a, b in zip(edges[:-1], edges[1:])], align="edge")
+    axes[1, 0].set_yscale("log")
+    axes[1, 0].axvline(0, color="grey", linewidth=0.8)
+    axes[1, 0].set_xlabel("Δloss per token occurrence (nats)")
+    axes[1, 0].set_ylabel("occurrences (log)")
+    axes[1, 0].set_title("distribution of per-token Δloss", fontsize=10)
+    pos = summary["position"]
+    mids = [(p["start"] + p["end"]) / 2 for p in pos]
+    axes[1, 1].plot(mids, [p["mean_base_loss"] for p in pos], marker="o", label="base model (step 0)")
+    axes[1, 1].plot(mids, [p["mean_loss"] for p in pos], marker="o", label=f"step {step}")
+    axes[1, 1].set_xlabel("position in sequence")
+    axes[1, 1].set_ylabel("mean loss (nats)")
+    axes[1, 1].set_title("loss by position", fontsize=10)
+    axes[1, 1].legend(fontsize=8)
+    share = ", ".join(f"{k.replace('_', ' ')} {v:+.0%}" for k, v in summary["category_share"].items())
+    fig.suptitle(f"{domain} @ step {step}: total Δloss {summary['total_delta']:+.1f} nats over "
+                 f"{summary['tokens']:,} tokens; top-{len(summary['top_degrading'])} share "
+                 f"{summary['topk_share']:.0%}\nshare of Δ by category: {share}", fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

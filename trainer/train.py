@@ -27,7 +27,9 @@ from trainer.evaluate import evaluate
 from trainer.ledger import Ledger
 from trainer.meter import detect_peak_tflops, flops_per_token, mfu
 from trainer.model import load_model, load_tokenizer
-from trainer.plots import degradation_curves
+from trainer.baseline import BaselineCache, model_hash
+from trainer.plots import degradation_curves, token_report
+from trainer.tokenstats import FUNCTION_WORDS, Vocab, summarize, table_frame
 from trainer.preempt import StopRequest
 from trainer.tracking import Tracker, params_for
 
@@ -51,11 +53,52 @@ def all_ranks(values: list[float], world: int, op=None) -> list[float]:
 def eval_metrics(results: dict, baseline: dict) -> dict[str, float]:
     out = {}
     for name, r in results.items():
-        out[f"eval/{name}/loss"] = r["loss"]
-        out[f"eval/{name}/ppl"] = r["ppl"]
-        out[f"eval/{name}/ppl_ratio"] = r["ppl"] / baseline[name]["ppl"]
-        out[f"eval/{name}/delta_loss"] = r["loss"] - baseline[name]["loss"]
+        out[f"eval/{name}/loss"] = r.loss
+        out[f"eval/{name}/ppl"] = r.ppl
+        out[f"eval/{name}/ppl_ratio"] = r.ppl / baseline[name]["ppl"]
+        out[f"eval/{name}/delta_loss"] = r.loss - baseline[name]["loss"]
     return out
+
+
+def eval_steps(cfg: Config, max_steps: int) -> set[int]:
+    """Steps after which to evaluate (step 0, the baseline, always runs first)."""
+    if cfg.eval.log_spaced:
+        return set(np.unique(np.round(np.geomspace(1, max_steps, cfg.eval.log_spaced))).astype(int).tolist()) | {
+            max_steps}
+    if cfg.eval.interval:
+        return set(range(cfg.eval.interval, max_steps + 1, cfg.eval.interval)) | {max_steps}
+    return {max_steps}
+
+
+def log_token_stats(results: dict, step: int, base_cache: BaselineCache, vocab: Vocab, top_k: int, run_dir,
+                    tracker: Tracker) -> dict[str, float]:
+    """Rank 0: cache the baseline at step 0; afterwards compare token by token and log tables, plots, scalars."""
+    metrics: dict[str, float] = {}
+    for name, r in results.items():
+        if step == 0:
+            meta = base_cache.save(name, r.targets, r.losses)
+            tracker.set_tag(f"baseline.{name}.eval_set_hash", meta["eval_set_hash"])
+            tracker.set_tag(f"baseline.{name}.tokens", meta["tokens"])
+            tracker.set_tag("baseline.model_hash", meta["model_hash"])
+            continue
+        base = base_cache.load(name, r.targets)
+        if base is None:
+            print(f"[odyssey] no step-0 baseline cached for '{name}' matching this eval set; token stats skipped")
+            continue
+        summary = summarize(r.targets, base, r.losses, vocab, top_k)
+        metrics[f"tokens/{name}/topk_share"] = summary["topk_share"]
+        for cat, share in summary["category_share"].items():
+            metrics[f"tokens/{name}/cat/{cat}_share"] = share
+        folder = run_dir / "tokens" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        table_frame(summary, vocab).to_parquet(folder / f"step_{step}.parquet", index=False)
+        keep = ("total_delta", "tokens", "topk_share", "category_share", "category_count", "top_degrading",
+                "top_improving", "position")
+        (folder / f"step_{step}.json").write_text(json.dumps({k: summary[k] for k in keep}, indent=1))
+        token_report(summary, name, step, folder / f"step_{step}.png")
+        for suffix in ("parquet", "json", "png"):
+            tracker.log_artifact(folder / f"step_{step}.{suffix}", f"tokens/{name}")
+    return metrics
 
 
 def total_steps(cfg: Config, tokens_per_step: int, samples_per_rank_epoch: int) -> int:
@@ -100,6 +143,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops()
     eval_mb = cfg.eval.micro_batch or cfg.data.micro_batch
     ledger = Ledger(run_dir, rank)
+    evals_at = eval_steps(cfg, max_steps)
+    token_stats = cfg.eval.token_stats and rank == 0
+    if token_stats:
+        words = frozenset(w.lower() for w in cfg.eval.function_words) if cfg.eval.function_words else FUNCTION_WORDS
+        vocab = Vocab.from_tokenizer(tokenizer, words)
+        base_cache = BaselineCache(run_dir, model_hash(cfg.model.path))
 
     state = {"step": 0, "tokens_seen": 0, "mlflow_run_id": None, "baseline": None, "history": [], "skipped": 0,
              "loss_ema": None}
@@ -136,16 +185,19 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     def run_eval(step: int) -> None:
         t0 = time.time()
-        results = evaluate(engine, eval_sets, rank, world, eval_mb, cfg.eval.max_samples, device)
+        results = evaluate(engine, eval_sets, rank, world, eval_mb, cfg.eval.max_samples, device,
+                           per_token=cfg.eval.token_stats)
         if state["baseline"] is None:
-            state["baseline"] = results
+            state["baseline"] = {n: {"loss": r.loss, "ppl": r.ppl} for n, r in results.items()}
         metrics = eval_metrics(results, state["baseline"])
         metrics["train/tokens_seen"] = state["tokens_seen"]
+        if token_stats:
+            metrics.update(log_token_stats(results, step, base_cache, vocab, cfg.eval.top_k, run_dir, tracker))
         tracker.log_metrics(metrics, step)
         state["history"].append({"step": step, "tokens_seen": state["tokens_seen"],
-                                 "ppl": {n: r["ppl"] for n, r in results.items()},
+                                 "ppl": {n: r.ppl for n, r in results.items()},
                                  "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})
-        table = ", ".join(f"{n} {r['ppl']:.2f}" for n, r in results.items())
+        table = ", ".join(f"{n} {r.ppl:.2f}" for n, r in results.items())
         log(rank, f"eval @ step {step} ({time.time() - t0:.1f}s): ppl {table}")
 
     def save(step: int) -> None:
@@ -220,7 +272,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             tracker.log_metrics(metrics, step)
             log(rank, f"step {step}/{max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} "
                       f"{metrics['train/tokens_per_s']:,.0f} tok/s" + (f" mfu {util:.1%}" if util is not None else ""))
-        if cfg.eval.interval and step % cfg.eval.interval == 0 or step == max_steps:
+        if step in evals_at:
             run_eval(step)
             engine.train()
         if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:

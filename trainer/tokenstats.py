@@ -1,0 +1,126 @@
+"""Which tokens carry the change: per-token losses now against the base model's (step 0), summarised per vocabulary id,
+per token category and per position. Pure NumPy on full [samples, seq_len-1] arrays that every rank holds after
+evaluation (see evaluate.py); only rank 0 calls this.
+
+Definitions (docs/ANALYSIS.md):
+- Δ of a token occurrence = its loss now − its loss under the base model; Δ_v = sum of Δ over occurrences of target id v.
+- topk_share = (sum of the k largest Δ_v in the direction of the total change) / (total Δ). With total Δ > 0 (the
+  domain got worse) these are the (at most) k ids with the largest positive Δ_v; with total Δ < 0 the k most negative.
+- category share = (sum of Δ_v over the ids of a category) / (total Δ); the shares of all categories sum to 1.
+"""
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+
+import numpy as np
+
+CATEGORIES = ("newline_whitespace", "punctuation", "digits", "function_words", "word_continuation", "other")
+
+FUNCTION_WORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had has have having he her
+here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
+once only or other our ours ourselves out over own same she should so some such than that the their theirs them
+themselves then there these they this those through to too under until up very was we were what when where which while
+who whom why will with would you your yours yourself yourselves""".split())
+
+
+def escape(text: str) -> str:
+    """A token as a reader can see it: newlines, tabs and carriage returns escaped, other control chars as \\xNN."""
+    out = text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" for c in out)
+
+
+def categorize(piece: str, function_words: frozenset[str] = FUNCTION_WORDS) -> str:
+    """Category of one decoded vocabulary entry. Word-initial pieces carry a leading space in byte-level BPE
+    (decoded 'Ġthe' → ' the'); an alphabetic piece without one continues a word."""
+    if piece == "" or piece.isspace():
+        return "newline_whitespace"
+    core = piece.strip()
+    if all(unicodedata.category(c)[0] in "PS" for c in core):
+        return "punctuation"
+    if core.isdigit():
+        return "digits"
+    starts_word = piece[0].isspace()
+    if starts_word and core.lower() in function_words:
+        return "function_words"
+    if not starts_word and core[0].isalpha():
+        return "word_continuation"
+    return "other"
+
+
+@dataclass
+class Vocab:
+    """Decoded text and category of every id, computed once per run from the tokenizer."""
+
+    text: list[str]
+    category: np.ndarray  # int index into CATEGORIES
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, function_words: frozenset[str] = FUNCTION_WORDS) -> "Vocab":
+        size = len(tokenizer)
+        text = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(size)]
+        cats = np.array([CATEGORIES.index(categorize(t, function_words)) for t in text], dtype=np.int8)
+        return cls(text, cats)
+
+
+def per_id(targets: np.ndarray, base: np.ndarray, current: np.ndarray, vocab_size: int) -> dict[str, np.ndarray]:
+    t = targets.reshape(-1)
+    count = np.bincount(t, minlength=vocab_size)
+    base_sum = np.bincount(t, weights=base.reshape(-1).astype(np.float64), minlength=vocab_size)
+    cur_sum = np.bincount(t, weights=current.reshape(-1).astype(np.float64), minlength=vocab_size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"count": count, "mean_base_loss": base_sum / count, "mean_loss": cur_sum / count,
+                "delta_sum": cur_sum - base_sum}
+
+
+def summarize(targets: np.ndarray, base: np.ndarray, current: np.ndarray, vocab: Vocab, top_k: int = 20,
+              n_buckets: int = 16) -> dict:
+    """Everything logged for one domain at one eval: scalars, the per-id table, top tokens, histogram, positions."""
+    stats = per_id(targets, base, current, len(vocab.text))
+    delta = stats["delta_sum"]
+    total = float(delta.sum())
+    seen = np.flatnonzero(stats["count"])
+    order = seen[np.argsort(-delta[seen], kind="stable")]
+    worst = order[:top_k][delta[order[:top_k]] > 0]
+    best = order[::-1][:top_k][delta[order[::-1][:top_k]] < 0]
+    carriers = worst if total >= 0 else best
+    topk_share = float(delta[carriers].sum() / total) if total else 0.0
+    cat_delta = np.bincount(vocab.category, weights=delta, minlength=len(CATEGORIES))
+    cat_count = np.bincount(vocab.category, weights=stats["count"], minlength=len(CATEGORIES))
+    token_delta = (current - base).reshape(-1)
+    edges = np.linspace(0, targets.shape[1], n_buckets + 1).astype(int)
+    position = [{"start": int(a), "end": int(b), "mean_base_loss": float(base[:, a:b].mean()),
+                 "mean_loss": float(current[:, a:b].mean())} for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    hist, hist_edges = np.histogram(token_delta, bins=60)
+
+    def rows(ids):
+        return [{"id": int(i), "token": escape(vocab.text[i]), "category": CATEGORIES[vocab.category[i]],
+                 "count": int(stats["count"][i]), "delta_sum": float(delta[i]),
+                 "mean_base_loss": float(stats["mean_base_loss"][i]), "mean_loss": float(stats["mean_loss"][i])}
+                for i in ids]
+
+    return {
+        "total_delta": total,
+        "tokens": int(targets.size),
+        "topk_share": topk_share,
+        "category_share": {c: (float(cat_delta[i] / total) if total else 0.0) for i, c in enumerate(CATEGORIES)},
+        "category_count": {c: int(cat_count[i]) for i, c in enumerate(CATEGORIES)},
+        "top_degrading": rows(worst),
+        "top_improving": rows(best),
+        "table_ids": seen,
+        "table": {k: v[seen] for k, v in stats.items()},
+        "histogram": {"counts": hist.tolist(), "edges": hist_edges.tolist()},
+        "position": position,
+    }
+
+
+def table_frame(summary: dict, vocab: Vocab):
+    """The per-id table as a pandas DataFrame (written to Parquet), sorted by summed Δloss, worst first."""
+    import pandas as pd
+
+    ids = summary["table_ids"]
+    df = pd.DataFrame({"id": ids, "token": [escape(vocab.text[i]) for i in ids],
+                       "category": [CATEGORIES[vocab.category[i]] for i in ids], **summary["table"]})
+    return df.sort_values("delta_sum", ascending=False, kind="stable").reset_index(drop=True)
+
