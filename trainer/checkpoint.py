@@ -53,7 +53,8 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, world: in
     if rank == 0:
         files = {p.name: p.stat().st_size for p in sorted((root / tag).iterdir()) if p.is_file()}
         marker = {"step": step, "world_size": world, "time": time.time(),
-                  "tokens_seen": client_state.get("tokens_seen"), "files": files}
+                  "tokens_seen": client_state.get("tokens_seen"), "mlflow_run_id": client_state.get("mlflow_run_id"),
+                  "files": files}
         (root / tag / COMPLETE).write_text(json.dumps(marker) + "\n")
         tmp = root / (LATEST + ".tmp")
         tmp.write_text(tag)

@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--world-size", type=int, help="with --dry-run: devices to plan for")
     t.add_argument("--gpus-per-node", type=int, help="with --dry-run: devices per node (default: min(world, 8))")
     t.set_defaults(func=cmd_train)
+    from trainer.checkpoint_eval import add_parser as add_eval_parser
+
+    add_eval_parser(sub)
     e = sub.add_parser("export", help="ZeRO checkpoint → HF folder (safetensors + tokenizer)",
                        description="Consolidate a ZeRO checkpoint with DeepSpeed's zero_to_fp32 and write a HF folder "
                                    "loadable by from_pretrained.")

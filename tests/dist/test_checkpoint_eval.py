@@ -1,0 +1,48 @@
+"""`odyssey eval --checkpoints`: a watcher started before training scores each checkpoint as it appears, into the
+training run, with the numbers the training job itself logs for the same weights."""
+import subprocess
+import sys
+
+import pytest
+
+from tests.dist.test_production import run
+from tests.dist.test_train_zero3 import client_and_run, history
+
+pytestmark = pytest.mark.slow
+
+
+def test_watch_evaluates_checkpoints_into_the_training_run(assets, tmp_path):
+    cfg = tmp_path / "w.yaml"
+    cfg.write_text(f"""
+model: {{path: {assets['model']}}}
+data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}], micro_batch: 2}}
+optim: {{lr: 3.0e-3}}
+run: {{out_dir: {tmp_path}, name: w, max_steps: 6}}
+eval: {{interval: 0, max_samples: 8, domains: [{{name: code, path: {assets['domains'] / 'code'}}}]}}
+checkpoint: {{interval: 2}}
+tracking: {{experiment: test}}
+""")
+    watcher = subprocess.Popen([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints",
+                                str(tmp_path / "w" / "checkpoints"), "--watch", "--poll", "1", "--until-step", "6"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run(cfg)
+    out, err = watcher.communicate(timeout=600)
+    assert watcher.returncode == 0, err[-3000:]
+    assert "evaluated 3 checkpoint(s): steps [2, 4, 6]" in out
+    client, runs = client_and_run(tmp_path / "w")
+    assert len(runs) == 1
+    rid = runs[0].info.run_id
+    for dom in ("prose", "code"):
+        values = [m for m in client.get_metric_history(rid, f"eval/{dom}/ppl")]
+        steps = sorted({m.step for m in values})
+        assert steps == [0, 2, 4, 6]
+        at6 = [m.value for m in values if m.step == 6]
+        assert len(at6) == 2 and at6[0] == pytest.approx(at6[1], rel=1e-6)  # training job and watcher agree
+        assert 2 in history(client, rid, f"tokens/{dom}/topk_share")
+    # a second pass finds nothing new; a missing folder is one line
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints", str(tmp_path / "w" / "checkpoints")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "no new complete checkpoint" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "checkpoints folder not found" in r.stderr
