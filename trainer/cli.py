@@ -15,8 +15,9 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from data_prep.sources import SourceError
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError
+    from trainer.study import StudyError
 
-    return ConfigError, ManifestError, PrepError, SourceError, CheckpointError
+    return ConfigError, ManifestError, PrepError, SourceError, CheckpointError, StudyError
 
 
 def run_guarded(fn: Callable[[], int | None]) -> int:
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--gpus-per-node", type=int, help="with --dry-run: devices per node (default: min(world, 8))")
     t.set_defaults(func=cmd_train)
     from trainer.checkpoint_eval import add_parser as add_eval_parser
+
+    st = sub.add_parser("study", help="one run per domain + the analysis across domains",
+                        description="Run a continued-pretraining study from STUDY.yaml (see trainer/study.py).")
+    st.add_argument("study")
+    st.set_defaults(func=lambda a: __import__("trainer.study", fromlist=["run_study"]).run_study(a.study) and 0)
 
     add_eval_parser(sub)
     e = sub.add_parser("export", help="ZeRO checkpoint → HF folder (safetensors + tokenizer)",

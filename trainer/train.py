@@ -143,6 +143,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops()
     eval_mb = cfg.eval.micro_batch or cfg.data.micro_batch
     ledger = Ledger(run_dir, rank)
+    if not tag:
+        ledger.truncate_after(0)  # a fresh start owns the run folder: no records from an earlier, unfinished attempt
     evals_at = eval_steps(cfg, max_steps)
     token_stats = cfg.eval.token_stats and rank == 0
     if token_stats:
