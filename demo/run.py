@@ -1,5 +1,6 @@
-"""`make demo`: fetch real assets, prepare every domain, continue pretraining SmolLM2-135M on one of them with 2 ZeRO-3
-ranks on CPU, then print per-domain perplexity at step 0 against the last eval and where the MLflow run is."""
+"""`make demo`: fetch real assets, prepare every domain, and run a small real study on CPU: SmolLM2-135M continues
+pretraining on each of four domains with 2 ZeRO-3 ranks, against a reference; the parent MLflow run holds the
+similarity-vs-degradation correlation, the scatter plot, token attribution and an HTML report."""
 from __future__ import annotations
 
 import argparse
@@ -10,15 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from demo.assets import CACHE, DOMAINS, build_domains, build_smollm2, say
 
 HERE = Path(__file__).resolve().parent
 SEQ_LEN = 256
 
 
-def prep_domains(texts: dict[str, Path], model: Path, out: Path) -> list[str]:
+def prep_domains(texts: dict[str, Path], model: Path, out: Path) -> None:
     from data_prep.manifest import ManifestError, read_manifest, tokenizer_fingerprint
     from data_prep.prepare import PrepOptions, load_tokenizer, prepare_domain
 
@@ -32,55 +31,35 @@ def prep_domains(texts: dict[str, Path], model: Path, out: Path) -> list[str]:
             pass
         prepare_domain(src, out, name, str(model), SEQ_LEN, PrepOptions(overwrite=True, progress=False))
         say(f"prepared {name}: {read_manifest(out / name)['splits']['test']['samples']} test samples")
-    return list(texts)
-
-
-def results_table(run_dir: Path, domains: list[str], train_domain: str) -> str:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{run_dir.resolve()}/mlflow.db")
-    exp = client.get_experiment_by_name("odyssey-demo")
-    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)[0]
-    rows = [f"{'domain':<12} {'ppl@0':>9} {'ppl@last':>9} {'ratio':>7}  steps evaluated"]
-    for d in domains:
-        hist = sorted(client.get_metric_history(run.info.run_id, f"eval/{d}/ppl"), key=lambda m: m.step)
-        mark = " (trained)" if d == train_domain else ""
-        rows.append(f"{d:<12} {hist[0].value:>9.2f} {hist[-1].value:>9.2f} {hist[-1].value / hist[0].value:>7.3f}  "
-                    f"{[m.step for m in hist]}{mark}")
-    return "\n".join(rows), run.info.run_id
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="demo_out", help="output folder (prepared domains, the run)")
-    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--out", default="demo_out", help="output folder (prepared domains, the study)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     started = time.time()
     model = build_smollm2()
     texts = build_domains(list(DOMAINS))
-    if len(texts) < 4:
-        say(f"only {len(texts)} domains could be built here ({list(texts)}); the demo needs 4")
+    template = string.Template((HERE / "study.yaml").read_text())
+    study_yaml = template.substitute(model=model, domains=out / "domains", out=out)
+    needed = {"code", "legal", "fortunes", "literature", "docs"}
+    if not needed <= set(texts):
+        say(f"the demo needs the domains {sorted(needed)}; only {sorted(texts)} could be built here")
         return 1
-    domains = prep_domains(texts, model, out / "domains")
-    template = string.Template((HERE / "demo.yaml").read_text())
-    cfg = yaml.safe_load(template.substitute(model=model, domains=out / "domains", out=out))
-    train_domain = cfg["data"]["streams"][0]["name"]
-    cfg["eval"]["domains"] = [{"name": d, "path": str(out / "domains" / d)} for d in domains if d != train_domain]
-    run_dir = out / cfg["run"]["name"]
-    shutil.rmtree(run_dir, ignore_errors=True)  # the demo is one fresh run each time
-    (out / "demo.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    say(f"assets ready in {time.time() - started:.0f}s (cache: {CACHE}); training with {args.nproc} ZeRO-3 ranks")
-    rc = subprocess.call([sys.executable, "-m", "trainer.cli", "train", str(out / "demo.yaml"),
-                          "--nproc", str(args.nproc)])
+    prep_domains(texts, model, out / "domains")
+    shutil.rmtree(out / "study", ignore_errors=True)  # the demo is one fresh study each time
+    (out / "study.yaml").write_text(study_yaml)
+    say(f"assets ready in {time.time() - started:.0f}s (cache: {CACHE}); running the study")
+    rc = subprocess.call([sys.executable, "-m", "trainer.cli", "study", str(out / "study.yaml")])
     if rc:
-        say(f"training failed (exit {rc})")
+        say(f"the study failed (exit {rc})")
         return rc
-    table, run_id = results_table(run_dir, domains, train_domain)
-    print("\nPer-domain perplexity, base model (step 0) against the last eval:\n" + table)
+    store = out / "study" / "mlflow.db"
     print(f"\nDemo finished in {time.time() - started:.0f}s.")
-    print(f"MLflow run {run_id} in sqlite:///{run_dir}/mlflow.db; curves: {run_dir}/curves/degradation.png")
-    print(f"Look at it with:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{run_dir}/mlflow.db")
+    print(f"Report: {out / 'study' / 'report' / 'index.html'}")
+    print(f"MLflow: sqlite:///{store} (parent run 'odyssey-demo' with one child run per domain)")
+    print(f"Look at it with:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{store}")
     return 0
 
 

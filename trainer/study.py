@@ -48,6 +48,7 @@ class StudyCfg(Section):
     train: dict[str, Any] = Field(default_factory=dict)
     nproc: int = Field(default=1, gt=0)
     eval_reference: bool = True  # also evaluate the reference in every run
+    eval_others: bool = True  # also evaluate the other study domains in every run (cross-domain curves)
     similarity: SimilarityCfg = Field(default_factory=SimilarityCfg)
 
 
@@ -74,7 +75,8 @@ def child_config(study: StudyCfg, domain: EvalDomainCfg, parent_id: str) -> dict
     tree["model"] = study.model.model_dump(mode="json")
     data = tree.setdefault("data", {})
     data["streams"] = [{"name": domain.name, "path": domain.path}]
-    evals = [d for d in study.domains if d.name != domain.name] + ([study.reference] if study.eval_reference else [])
+    others = [d for d in study.domains if d.name != domain.name] if study.eval_others else []
+    evals = others + ([study.reference] if study.eval_reference else [])
     tree.setdefault("eval", {})["domains"] = [d.model_dump() for d in evals]
     tree.setdefault("run", {}).update({"out_dir": str(Path(study.out_dir) / "runs"), "name": domain.name})
     tree["tracking"] = {"experiment": study.name, "run_name": domain.name,
