@@ -5,8 +5,7 @@ import sys
 
 import pytest
 
-from tests.dist.test_production import run
-from tests.dist.test_train_zero3 import client_and_run, history
+from tests.dist.helpers import client_and_run, history, run
 
 pytestmark = pytest.mark.slow
 

@@ -1,32 +1,18 @@
 """Production behaviour on real 2-rank ZeRO-3: a killed run resumes to the same losses with a clean sample ledger,
 a signal saves and exits 0, export round-trips to from_pretrained, bad losses follow the policy, GPT-2 trains, and
 broken checkpoints are refused with one line."""
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from tests.dist.test_train_zero3 import client_and_run, free_port, history
+from tests.dist.helpers import client_and_run, cmd, history, run
 
 pytestmark = pytest.mark.slow
-
-
-def cmd(cfg, *args, nproc=2):
-    c = [sys.executable, "-m", "trainer.cli", "train", str(cfg), *args]
-    return c + (["--nproc", str(nproc), "--master-port", str(free_port())] if nproc else [])
-
-
-def run(cfg, *args, nproc=2, env=None, expect=0):
-    r = subprocess.run(cmd(cfg, *args, nproc=nproc), capture_output=True, text=True, timeout=900,
-                       env={**os.environ, **(env or {})})
-    assert r.returncode == expect, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from tests.dist.test_production import losses, run
+from tests.dist.helpers import run
+from tests.dist.test_production import losses
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.dist.test_production import run
-from tests.dist.test_train_zero3 import client_and_run, history
+from tests.dist.helpers import client_and_run, history, run
 
 pytestmark = pytest.mark.slow
 N_EVAL = 9  # odd: one rank pads

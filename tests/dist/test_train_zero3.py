@@ -1,28 +1,14 @@
 """Real multi-process DeepSpeed ZeRO-3 (2 ranks, gloo on CPU) on a tiny Llama: eval metrics in MLflow, artifacts,
 checkpoints, and a halted + resumed run that reproduces the uninterrupted run's losses."""
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from tests.dist.helpers import client_and_run, history, run
+
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train(cfg, *args, nproc=2):
-    cmd = [sys.executable, "-m", "trainer.cli", "train", str(cfg), *args]
-    if nproc:
-        cmd += ["--nproc", str(nproc), "--master-port", str(free_port())]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +32,10 @@ tracking: {{experiment: test}}
     return cfg, out
 
 
-def client_and_run(run_dir):
-    from mlflow import MlflowClient
-
-    client = MlflowClient(f"sqlite:///{run_dir}/mlflow.db")
-    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
-    return client, runs
-
-
-def history(client, run_id, key):
-    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
-
-
 @pytest.fixture(scope="module")
 def straight(config):
     cfg, out = config
-    train(cfg)
+    run(cfg)
     return out / "straight"
 
 
@@ -97,7 +71,7 @@ def test_eval_metrics_params_and_artifacts(straight):
 def test_baseline_matches_single_process_eval(straight, config):
     """The same base model evaluated by one process gives the 2-rank ZeRO-3 step-0 numbers (padding is not counted)."""
     cfg, out = config
-    train(cfg, "run.name=single", "run.max_steps=1", "eval.interval=0", "checkpoint.interval=0", nproc=None)
+    run(cfg, "run.name=single", "run.max_steps=1", "eval.interval=0", "checkpoint.interval=0", nproc=None)
     c2, r2 = client_and_run(straight)
     c1, r1 = client_and_run(out / "single")
     for dom in ("prose", "code"):
@@ -108,10 +82,10 @@ def test_baseline_matches_single_process_eval(straight, config):
 
 def test_halt_and_resume_reproduces_losses(straight, config):
     cfg, out = config
-    train(cfg, "run.name=resumed", "run.halt_at_step=3")
+    run(cfg, "run.name=resumed", "run.halt_at_step=3")
     halted = out / "resumed" / "checkpoints"
     assert (halted / "latest").read_text() == "step_00000003"
-    train(cfg, "run.name=resumed", "--resume", "auto")
+    run(cfg, "run.name=resumed", "--resume", "auto")
     c_a, runs_a = client_and_run(straight)
     c_b, runs_b = client_and_run(out / "resumed")
     assert len(runs_b) == 1, "the resumed run must continue the same MLflow run"
