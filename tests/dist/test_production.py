@@ -206,3 +206,36 @@ def test_broken_checkpoints_are_refused(base):
     err = one_error(subprocess.run(cmd(cfg, "run.name=truncated", "run.max_steps=10", "--resume", "auto"),
                                    capture_output=True, text=True, timeout=300))
     assert "truncated" in err
+
+
+def test_two_streams_by_proportion_and_a_stop_by_epochs(assets, tmp_path):
+    """Adaptation domain + replay stream mixed 3:1; one quarter epoch of the mixture; the ledger shows both."""
+    from data_prep.manifest import read_manifest
+    from trainer.ledger import read
+
+    cfg = tmp_path / "mix.yaml"
+    cfg.write_text(f"""
+model: {{path: {assets['model']}}}
+data:
+  streams:
+    - {{name: prose, path: {assets['domains'] / 'prose'}, proportion: 0.75}}
+    - {{name: code, path: {assets['domains'] / 'code'}, proportion: 0.25}}
+  micro_batch: 2
+run: {{out_dir: {tmp_path}, name: mix, epochs: 0.25}}
+eval: {{interval: 0, max_samples: 4, token_stats: false}}
+tracking: {{experiment: test}}
+""")
+    r = run(cfg)
+    n_prose = read_manifest(assets["domains"] / "prose")["splits"]["train"]["samples"]
+    ids = np.concatenate([rec["sample_id"] for rec in read(tmp_path / "mix").values()])
+    steps = int(r.stdout.split("done: ")[1].split(" steps")[0])
+    from streaming import Stream, StreamingDataset
+
+    epoch = len(StreamingDataset(streams=[Stream(local=str(assets["domains"] / d / "train"), proportion=p)
+                                          for d, p in (("prose", 0.75), ("code", 0.25))], batch_size=2))
+    assert steps == int(0.25 * -(-epoch // 2)) // 2  # a quarter of each rank's share, 2 samples per step
+    assert len(ids) == steps * 4
+    prose = ids < n_prose  # streams are concatenated in config order: prose ids come first
+    assert 0.65 < prose.mean() < 0.85, prose.mean()
+    # 0.75 of the epoch is more than prose holds, so prose is upsampled (repeats); code is subsampled (none)
+    assert len(set(ids[prose])) < prose.sum() and len(set(ids[~prose])) == (~prose).sum()
