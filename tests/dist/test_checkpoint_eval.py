@@ -45,3 +45,30 @@ tracking: {{experiment: test}}
     r = subprocess.run([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "checkpoints folder not found" in r.stderr
+
+
+def test_hf_format_checkpoints_into_a_new_run(assets, tmp_path):
+    """A folder of HF checkpoints (here: an export) scored into a new run, with the baseline computed on the spot."""
+    cfg = tmp_path / "h.yaml"
+    cfg.write_text(f"""
+model: {{path: {assets['model']}}}
+data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}], micro_batch: 2}}
+optim: {{lr: 3.0e-3}}
+run: {{out_dir: {tmp_path}, name: h, max_steps: 4}}
+eval: {{interval: 0, max_samples: 8}}
+tracking: {{experiment: test}}
+""")
+    run(cfg)
+    hf = tmp_path / "hf_ckpts"
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(tmp_path / "h"), str(hf / "step_4")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = subprocess.run([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints", str(hf), "--config",
+                        str(tmp_path / "h" / "config.yaml"), "--new-run"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "steps [4]" in r.stdout, r.stderr[-2000:]
+    train_client, train_runs = client_and_run(tmp_path / "h")
+    eval_client, eval_runs = client_and_run(tmp_path)  # the new run lives beside the checkpoints folder
+    trained = history(train_client, train_runs[0].info.run_id, "eval/prose/ppl")
+    scored = history(eval_client, eval_runs[0].info.run_id, "eval/prose/ppl")
+    assert sorted(scored) == [0, 4]
+    assert scored[0] == pytest.approx(trained[0], rel=1e-5) and scored[4] == pytest.approx(trained[4], rel=1e-5)
