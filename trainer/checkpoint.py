@@ -87,6 +87,17 @@ def check_fresh_start(root: Path) -> None:
                               f"or choose another run.name / run.out_dir")
 
 
+def starting_tag(root: Path, resume: str | None, world: int) -> str:
+    """The checkpoint a run starts from, checked ('' for a fresh start, which must not overwrite checkpoints)."""
+    if not resume:
+        check_fresh_start(root)
+        return ""
+    tag = resolve(root, resume)
+    if tag:
+        verify(root, tag, world)
+    return tag
+
+
 def resolve(root: Path, which: str) -> str:
     """The tag to resume from: 'auto' (the newest complete checkpoint, or none), 'latest', or an explicit tag."""
     if which == "auto":

@@ -44,13 +44,7 @@ def preflight(config: str, overrides: list[str], resume: str | None, world: int)
     cfg = load_config(config, overrides)
     check_domains(cfg, tokenizer_fingerprint(load_tokenizer(cfg.model)))
     fill_ds_config(cfg, world_size=1)
-    ckpt_root = cfg.run_dir / "checkpoints"
-    if resume:
-        tag = checkpoint.resolve(ckpt_root, resume)
-        if tag:
-            checkpoint.verify(ckpt_root, tag, world)
-    else:
-        checkpoint.check_fresh_start(ckpt_root)
+    checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, world)
 
 
 def dry_run(args: argparse.Namespace) -> int:
@@ -69,6 +63,13 @@ def dry_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--dry-run needs data.seq_len or readable prepared domains ({err})") from None
     world = args.world_size or args.nproc or int(os.environ.get("WORLD_SIZE", "1"))
     print_plan(cfg, plan(cfg, world, args.gpus_per_node or min(world, 8), seq_len, train_samples))
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from trainer.study import run_study
+
+    run_study(args.study)
     return 0
 
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("study", help="one run per domain + the analysis across domains",
                         description="Run a continued-pretraining study from STUDY.yaml (see trainer/study.py).")
     st.add_argument("study")
-    st.set_defaults(func=lambda a: __import__("trainer.study", fromlist=["run_study"]).run_study(a.study) and 0)
+    st.set_defaults(func=cmd_study)
 
     add_eval_parser(sub)
     e = sub.add_parser("export", help="ZeRO checkpoint → HF folder (safetensors + tokenizer)",

@@ -126,11 +126,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     ds_config = fill_ds_config(cfg, world, getattr(hf_config, "hidden_size", None))
-    tag = checkpoint.resolve(ckpt_root, resume) if resume else ""
-    if not resume:
-        checkpoint.check_fresh_start(ckpt_root)
-    if tag:
-        checkpoint.verify(ckpt_root, tag, world)
+    tag = checkpoint.starting_tag(ckpt_root, resume, world)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
     loader = build_train_loader(cfg, domains)
