@@ -10,6 +10,7 @@ including token statistics against the run's cached step-0 baseline (computed an
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -168,6 +169,8 @@ def add_parser(sub) -> None:
 
 
 def _report(steps: list[int]) -> int:
+    if int(os.environ.get("RANK", "0")):
+        return 0
     print(f"[odyssey] evaluated {len(steps)} checkpoint(s): steps {steps}" if steps else
           "[odyssey] no new complete checkpoint to evaluate")
     return 0
