@@ -29,6 +29,7 @@ def domain_result(client, experiment: str, parent_id: str, domain: str, run_dir:
     return {"domain": domain, "run_id": run.info.run_id, "ppl0": ppl[0].value, "ppl_last": ppl[-1].value,
             "last_step": last, "delta_ppl": ppl[-1].value - ppl[0].value, "ppl_ratio": ppl[-1].value / ppl[0].value,
             "topk_share": tokens.get("topk_share"), "category_share": tokens.get("category_share", {}),
+            "total_delta": tokens.get("total_delta"),
             "top5": [r["token"] for r in tokens.get("top_degrading", [])[:5]],
             "curves": run_dir / "curves" / "degradation.png", "token_png": tokens_json.with_suffix(".png")}
 
@@ -65,6 +66,10 @@ def scatter(rows: list[dict], measure: str, corr: dict, out: Path) -> Path:
     return out
 
 
+def study_top_k(study) -> int:
+    return int(study.train.get("eval", {}).get("top_k", 20))
+
+
 def _img(path: Path) -> str:
     if not path.is_file():
         return "<p><em>(missing: {})</em></p>".format(html.escape(str(path)))
@@ -75,19 +80,20 @@ def _img(path: Path) -> str:
 def write_html(study, rows: list[dict], corr_all: dict, primary: str, out_dir: Path, note: str) -> Path:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in ["domain", primary, "ppl @0", "ppl @last", "Δppl", "ratio",
-                                                  "top-5 degrading tokens", "top-k share"])
+                                                  "top-5 degrading tokens", f"top-{study_top_k(study)} share"])
     body = "".join(
         "<tr>" + "".join(f"<td>{c}</td>" for c in [
             e(r["domain"]), f"{r['similarity'][primary]:.4g}", f"{r['ppl0']:.2f}", f"{r['ppl_last']:.2f}",
             f"{r['delta_ppl']:+.2f}", f"{r['ppl_ratio']:.3f}",
-            " ".join(f"<code>{e(t)}</code>" for t in r["top5"]),
+            " ".join(f"<code style='background:#eee;padding:0 3px'>'{e(t)}'</code>" for t in r["top5"]),
             "" if r["topk_share"] is None else f"{r['topk_share']:.0%}"]) + "</tr>" for r in rows)
     corr_rows = "".join(f"<tr><td>{e(m)}</td>" + "".join(f"<td>{c[k]:.3g}</td>" for k in
                         ("pearson_r", "pearson_p", "spearman_rho", "spearman_p")) + "</tr>"
                         for m, c in corr_all.items())
     cats = sorted({k for r in rows for k in r["category_share"]})
-    cat_rows = "".join("<tr><td>{}</td>{}</tr>".format(e(r["domain"]), "".join(
-        f"<td>{r['category_share'].get(c, 0):+.0%}</td>" for c in cats)) for r in rows)
+    cat_rows = "".join("<tr><td>{}</td><td>{}</td>{}</tr>".format(
+        e(r["domain"]), "" if r.get("total_delta") is None else f"{r['total_delta']:+.0f}",
+        "".join(f"<td>{r['category_share'].get(c, 0):+.0%}</td>" for c in cats)) for r in rows)
     per_domain = "".join(f"<h3>{e(r['domain'])}</h3>{_img(r['curves'])}{_img(r['token_png'])}" for r in rows)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(study.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -99,8 +105,10 @@ run per domain. Δppl is the domain's own test-split perplexity at the last eval
 <h2>Per domain</h2><table><tr>{head}</tr>{body}</table>
 <h2>Similarity against Δppl</h2><table><tr><th>measure</th><th>Pearson r</th><th>p</th><th>Spearman ρ</th><th>p</th></tr>
 {corr_rows}</table>{_img(out_dir / 'study' / 'scatter.png')}
-<h2>Which tokens carry the change</h2><p>Share of each domain's total Δloss (own test split, last eval) by token category;
-shares sum to 100%.</p><table><tr><th>domain</th>{''.join(f'<th>{e(c)}</th>' for c in cats)}</tr>{cat_rows}</table>
+<h2>Which tokens carry the change</h2><p>Share of each domain's total Δloss (own test split, last eval, summed over
+tokens; negative = the domain improved) by token category. The shares sum to 100% of that total, whatever its sign: a
+category with a share of the opposite sign moved against the domain as a whole.</p>
+<table><tr><th>domain</th><th>total Δloss (nats)</th>{''.join(f'<th>{e(c)}</th>' for c in cats)}</tr>{cat_rows}</table>
 <h2>Similarity of all domains</h2>{_img(out_dir / 'similarity' / 'similarity_heatmap.png')}
 <h2>Each run</h2>{per_domain}</body></html>"""
     path = out_dir / "report" / "index.html"
