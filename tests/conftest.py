@@ -33,3 +33,19 @@ def assets(tmp_path_factory) -> dict[str, Path]:
         prepare_domain(path, root / "domains", name, str(model), SEQ_LEN, PrepOptions(progress=False, workers=0))
     return {"root": root, "model": model, "domains": root / "domains", "prose_src": src["prose"],
             "code_src": src["code"], "prose_docs": prose, "code_docs": code}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leave_dev_shm_clean():
+    """DeepSpeed's CPU comm op leaves a ~69 MB /dev/shm buffer per rank and master port; the tests start dozens of
+    jobs on distinct ports. Remove the ones this session created once it is done (no job of ours runs then)."""
+    import time
+
+    started = time.time()
+    yield
+    for f in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"):
+        try:
+            if f.stat().st_mtime >= started - 1:
+                f.unlink()
+        except OSError:
+            pass
