@@ -36,18 +36,14 @@ def list_checkpoints(folder: Path) -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def load_checkpoint_model(folder: Path, name: str, kind: str, model_path: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def load_checkpoint_model(folder: Path, name: str, kind: str, model_cfg):
+    from transformers import AutoModelForCausalLM
+
+    from trainer.export import consolidated_model
 
     if kind == "hf":
         return AutoModelForCausalLM.from_pretrained(folder / name, dtype=torch.float32)
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    state = get_fp32_state_dict_from_zero_checkpoint(str(folder), tag=name)
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path), dtype=torch.float32)
-    model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    return model
+    return consolidated_model(folder, name, model_cfg.path, model_cfg.trust_remote_code)
 
 
 def run_config(folder: Path, config: str | None) -> Config:
@@ -120,7 +116,7 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
                     _baseline_from_cache(cache, domains)
                 del base_model
             t0 = time.time()
-            model = load_checkpoint_model(folder, name, kind, cfg.model.path).eval()
+            model = load_checkpoint_model(folder, name, kind, cfg.model).eval()
             score(model, step, marker.get("tokens_seen"))
             scored.append(step)
             done.add(name)

@@ -34,10 +34,27 @@ def locate(ckpt: Path) -> tuple[Path, str, Path]:
     return root, tag, run_dir
 
 
-def export(ckpt: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> Path:
+def consolidated_model(root: Path, tag: str, model_path: str, trust_remote_code: bool = False):
+    """The fp32 HF model of a ZeRO checkpoint: DeepSpeed's zero_to_fp32 (CPU, no process group) loaded into a model
+    built from the run's HF config. Weights that do not fit the config are an error, not a silent partial load."""
     import torch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied:
+        raise CheckpointError(f"{root / tag}: weights do not fit the model config (missing {sorted(missing)[:3]}, "
+                              f"unexpected {sorted(unexpected)[:3]})")
+    model.tie_weights()
+    return model
+
+
+def export(ckpt: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> Path:
+    from transformers import AutoTokenizer
 
     from trainer.model import DTYPES as TORCH_DTYPES
 
@@ -47,16 +64,7 @@ def export(ckpt: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bo
     root, tag, run_dir = locate(Path(ckpt))
     model_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
     t0 = time.time()
-    state = get_fp32_state_dict_from_zero_checkpoint(str(root), tag=tag)
-    config = AutoConfig.from_pretrained(model_cfg["path"], trust_remote_code=model_cfg.get("trust_remote_code", False))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32,
-                                             trust_remote_code=model_cfg.get("trust_remote_code", False))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    if unexpected or set(missing) - tied:
-        raise CheckpointError(f"{root / tag}: weights do not fit the model config (missing {sorted(missing)[:3]}, "
-                              f"unexpected {sorted(unexpected)[:3]})")
-    model.tie_weights()
+    model = consolidated_model(root, tag, model_cfg["path"], model_cfg.get("trust_remote_code", False))
     model.to(TORCH_DTYPES[dtype])
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
