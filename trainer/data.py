@@ -7,7 +7,6 @@ Domains are local folders or remote URLs (s3://…); remote shards are cached un
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,7 +94,6 @@ def _dataset_class():
 def build_train_loader(cfg: Config, domains: dict[str, Domain]):
     from streaming import Stream, StreamingDataLoader
 
-    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ.get("WORLD_SIZE", "1")))
     mixed = len(cfg.data.streams) > 1
     streams = [
         Stream(**domains[s.name].split("train"), proportion=s.proportion if mixed else None)
