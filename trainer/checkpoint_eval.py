@@ -78,7 +78,7 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     domains, _ = check_domains(cfg, tokenizer_fingerprint(tokenizer))
     eval_sets = open_eval_sets(domains, cfg.eval.split)
     mb = cfg.eval.micro_batch or cfg.data.micro_batch
-    tracker = Tracker(run_dir, cfg.tracking.experiment, enabled=rank == 0)
+    tracker = Tracker(run_dir, cfg.tracking.experiment, enabled=rank == 0, uri=cfg.tracking.uri)
     cache = BaselineCache(run_dir, model_hash(cfg.model.path))
     words = frozenset(w.lower() for w in cfg.eval.function_words) if cfg.eval.function_words else FUNCTION_WORDS
     vocab = Vocab.from_tokenizer(tokenizer, words) if rank == 0 and cfg.eval.token_stats else None

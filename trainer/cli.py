@@ -67,9 +67,18 @@ def dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from trainer.study import run_study
+    from trainer import study
 
-    run_study(args.study)
+    if args.list:
+        print("\n".join(d.name for d in study.load_study(args.study).domains))
+    elif args.setup:
+        study.setup_study(args.study)
+    elif args.config_for is not None:
+        print(study.domain_config(args.study, args.config_for))
+    elif args.aggregate:
+        study.aggregate_study(args.study)
+    else:
+        study.run_study(args.study)
     return 0
 
 
@@ -169,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("study", help="one run per domain + the analysis across domains",
                         description="Run a continued-pretraining study from STUDY.yaml (see trainer/study.py).")
     st.add_argument("study")
+    part = st.add_mutually_exclusive_group()  # the parts a SLURM job array runs (launch/slurm/submit_study.sh)
+    part.add_argument("--list", action="store_true", help="print the domain names, one per line, and exit")
+    part.add_argument("--setup", action="store_true", help="only the parent run, similarities and run configs")
+    part.add_argument("--config-for", metavar="DOMAIN", help="print the run config of a domain (name or 0-based "
+                                                             "index, e.g. $SLURM_ARRAY_TASK_ID); needs --setup first")
+    part.add_argument("--aggregate", action="store_true", help="only the analysis; every domain must have finished")
     st.set_defaults(func=cmd_study)
 
     add_eval_parser(sub)

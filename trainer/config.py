@@ -121,6 +121,7 @@ class MeterCfg(Section):
 
 
 class TrackingCfg(Section):
+    uri: str | None = None  # MLflow tracking URI; default MLFLOW_TRACKING_URI, else <run_dir>/mlflow.db
     experiment: str = "odyssey"
     run_name: str | None = None  # defaults to run.name
     tags: dict[str, str] = Field(default_factory=dict)

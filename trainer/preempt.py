@@ -13,6 +13,14 @@ class StopRequest:
 
     def __init__(self):
         self.signum: int | None = None
+        # SLURM signals every process of a job step, helpers included. multiprocessing's resource tracker (started
+        # by mosaicml-streaming for its shared memory) dies of a USR1 it doesn't expect and then reports every segment
+        # as leaked. Start it now with the signals ignored: an ignored disposition survives its exec.
+        from multiprocessing import resource_tracker
+
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
+        resource_tracker.ensure_running()
         for s in self.SIGNALS:
             signal.signal(s, self._handle)
 

@@ -15,8 +15,8 @@ PARAM_KEY_MAX = 250
 SECRET_WORDS = ("token", "secret", "password", "key", "credential")
 
 
-def default_tracking_uri(run_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.resolve()}/mlflow.db"
+def default_tracking_uri(run_dir: Path, uri: str | None = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{run_dir.resolve()}/mlflow.db"
 
 
 def params_for(config_tree: dict) -> dict[str, str]:
@@ -29,13 +29,15 @@ def params_for(config_tree: dict) -> dict[str, str]:
 
 
 class Tracker:
-    def __init__(self, run_dir: Path, experiment: str, enabled: bool):
+    def __init__(self, run_dir: Path, experiment: str, enabled: bool, uri: str | None = None):
         self.enabled = enabled
         self.run_id: str | None = None
         self.run_dir = run_dir
         self.experiment = experiment
-        self.embedded = not os.environ.get("MLFLOW_TRACKING_URI")
-        self.uri = default_tracking_uri(run_dir)
+        self.uri = default_tracking_uri(run_dir, uri)
+        # a sqlite file store keeps its artifacts beside the .db (mlflow's default is ./mlartifacts of the cwd)
+        self.artifact_root = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" \
+            if self.uri.startswith("sqlite:///") else None
 
     def start(self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
         if not self.enabled:
@@ -46,9 +48,7 @@ class Tracker:
         if run_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
-                location = None
-                if self.embedded:
-                    location = (self.run_dir / "mlartifacts").resolve().as_uri()
+                location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
                 exp_id = self.client.create_experiment(self.experiment, artifact_location=location)
             else:
                 exp_id = exp.experiment_id

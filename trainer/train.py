@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import socket
 import sys
 import time
 import warnings
@@ -34,6 +35,8 @@ from trainer.preempt import StopRequest
 from trainer.tracking import Tracker, params_for
 
 # torch 2.14 deprecates the collectives DeepSpeed 0.19 calls on every step; the warning says nothing to our users.
+FINISHED = "FINISHED"  # in the run folder, written once the run reached its last step
+
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
 
@@ -111,6 +114,9 @@ def total_steps(cfg: Config, tokens_per_step: int, samples_per_rank_epoch: int) 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
     rank, world = init_distributed()
+    # every rank says where it runs: on a multi-node launch this is the proof each node took part
+    print(f"[odyssey] rank {rank}/{world} (local {os.environ.get('LOCAL_RANK', '0')}) on {socket.gethostname()} "
+          f"pid {os.getpid()}, master {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", flush=True)
     random.seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
     torch.manual_seed(cfg.run.seed)
@@ -129,6 +135,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     tag = checkpoint.starting_tag(ckpt_root, resume, world)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not tag:
+            (run_dir / FINISHED).unlink(missing_ok=True)
     loader = build_train_loader(cfg, domains)
     eval_sets = open_eval_sets(domains, cfg.eval.split)
     tokens_per_step = cfg.data.micro_batch * seq_len * cfg.optim.accumulation * world
@@ -159,7 +167,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         log(rank, f"resumed from {ckpt_root / tag} at step {state['step']} ({state['tokens_seen']:,} tokens seen; "
                   f"loaded in {time.time() - t_load:.1f}s)")
 
-    tracker = Tracker(run_dir, cfg.tracking.experiment, enabled=rank == 0)
+    tracker = Tracker(run_dir, cfg.tracking.experiment, enabled=rank == 0, uri=cfg.tracking.uri)
     state["mlflow_run_id"] = tracker.start(cfg.tracking.run_name or cfg.run.name, state["mlflow_run_id"],
                                            tags=cfg.tracking.tags)
     if rank == 0 and not tag:
@@ -290,6 +298,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         tracker.log_artifact(png, "curves")
     if step >= max_steps:
         tracker.end("FINISHED")
+        if rank == 0:  # the mark a study (sequential or a SLURM array) reads to know this domain is done
+            (run_dir / FINISHED).write_text(json.dumps({"step": step, "tokens_seen": state["tokens_seen"]}) + "\n")
         log(rank, f"done: {step} steps, {state['tokens_seen']:,} tokens; run folder {run_dir}")
     elif stopped_by:
         log(rank, f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")

@@ -1,0 +1,52 @@
+# Sourced by Odyssey's sbatch scripts: the python to use, the rendezvous address, per-task logs, preemption.
+# Variables a user may set (sbatch passes the submitting shell's environment on by default):
+#   PYTHON        the python with odyssey installed (default: python on PATH)
+#   ODYSSEY_LOGS  folder for task logs (default: logs, relative to the submit directory)
+#   MASTER_ADDR / MASTER_PORT   rendezvous (default: first node's IP / 20000 + job id % 20000)
+
+odyssey_die() { echo "odyssey: error: $*" >&2; exit 2; }
+
+odyssey_slurm_env() {
+  [[ -n "${SLURM_JOB_ID:-}" ]] || odyssey_die "not inside a SLURM job: submit with sbatch"
+  ODYSSEY_LOGS=${ODYSSEY_LOGS:-logs}
+  mkdir -p "$ODYSSEY_LOGS"
+  if [[ -z "${MASTER_ADDR:-}" ]]; then
+    MASTER_ADDR=$("$PYTHON" -m launch.hostfile --from-slurm --master-addr) || exit 2
+  fi
+  export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+  # one name for the logs of this job, or of this array task
+  JOB_TAG=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+  JOB_TAG=${JOB_TAG:-$SLURM_JOB_ID}
+  echo "[slurm] $(date '+%F %T') job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST," \
+       "master $MASTER_ADDR:$MASTER_PORT, task logs $ODYSSEY_LOGS/${SLURM_JOB_NAME}-${JOB_TAG}-task<N>.out"
+}
+
+# srun options every training step uses: a failed task ends the step, one log per task, appended across requeues.
+odyssey_srun_opts() {
+  echo --kill-on-bad-exit=1 --open-mode=append --output="$ODYSSEY_LOGS/%x-${JOB_TAG}-task%t.out"
+}
+
+# Run "$@" (an srun step) so that it survives preemption. On USR1 (sent by SLURM at --signal=B:USR1@<s> before the
+# time limit, or by `scancel --signal=USR1 --batch JOB`) every step of the job gets USR1: the trainer saves a
+# checkpoint at the next step boundary and exits 0. The job is then requeued, restarts this script from the top,
+# and the trainer's `--resume auto` continues from that checkpoint. A plain TERM (scancel, node failure) reaches
+# the ranks from SLURM itself; they checkpoint too, but the job is not requeued: a cancel means stop.
+odyssey_run_preemptible() {
+  local preempted=0 rc=0 pid
+  trap 'preempted=1; echo "[slurm] $(date +%T) USR1: asking every rank to checkpoint"; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
+  "$@" &
+  pid=$!
+  while :; do
+    rc=0
+    wait "$pid" || rc=$?
+    kill -0 "$pid" 2>/dev/null || break  # wait returned for a trapped signal: the step still runs
+  done
+  trap - USR1
+  if (( preempted && rc == 0 )); then
+    echo "[slurm] $(date +%T) checkpoint saved; requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID" || odyssey_die "scontrol requeue $SLURM_JOB_ID failed (is the job --requeue?)"
+    exit 0
+  fi
+  (( rc == 0 )) || echo "[slurm] $(date +%T) training step failed (exit $rc); see the task logs" >&2
+  return "$rc"
+}

@@ -1,0 +1,76 @@
+"""The deepspeed multi-node launcher for real: sshd on 127.0.0.1 and 127.0.0.2 as two nodes, pdsh over ssh, one
+ZeRO-3 rank per node, started by the shipped launch/deepspeed_multinode.sh."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.dist.helpers import client_and_run, free_port, history
+from tests.launch.cluster import SshNodes
+
+pytestmark = pytest.mark.slow
+SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "deepspeed_multinode.sh")
+
+
+def config(assets, out, name, steps):
+    cfg = out / f"{name}.yaml"
+    cfg.write_text(f"""
+model: {{path: {assets['model']}}}
+data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}], micro_batch: 2}}
+optim: {{lr: 3.0e-3, warmup_steps: 1}}
+run: {{out_dir: {out}, name: {name}, max_steps: {steps}, seed: 1}}
+eval: {{interval: 2, max_samples: 8, domains: [{{name: code, path: {assets['domains'] / 'code'}}}]}}
+checkpoint: {{interval: 2}}
+tracking: {{experiment: test}}
+""")
+    return cfg
+
+
+def launch(ssh_nodes, cfg, tmp_path, **popen):
+    env = {**ssh_nodes.env, "HOSTS": ",".join(SshNodes.HOSTS), "SLOTS": "1", "MASTER_PORT": str(free_port()),
+           "LAUNCH_DIR": str(tmp_path / f"launch-{cfg.stem}"), "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu"}
+    return subprocess.Popen(["bash", SCRIPT, str(cfg)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen)
+
+
+def test_two_nodes_train_zero3(assets, ssh_nodes, tmp_path):
+    p = launch(ssh_nodes, config(assets, tmp_path, "twonode", 4), tmp_path)
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out[-4000:]
+    # pdsh prefixes each line with the node it came from: both nodes ran a rank of the same world
+    assert re.search(r"^127\.0\.0\.1: \[odyssey\] rank 0/2 ", out, re.M), out[-4000:]
+    assert re.search(r"^127\.0\.0\.2: \[odyssey\] rank 1/2 ", out, re.M), out[-4000:]
+    assert "127.0.0.1: [odyssey] done: 4 steps" in out
+    client, runs = client_and_run(tmp_path / "twonode")
+    assert runs[0].info.status == "FINISHED" and runs[0].data.params["derived.world_size"] == "2"
+    assert sorted(history(client, runs[0].info.run_id, "eval/code/ppl")) == [0, 2, 4]
+    env_file = (tmp_path / "launch-twonode" / "deepspeed_env").read_text()
+    assert "DS_ACCELERATOR=cpu" in env_file and "PATH=" in env_file
+
+
+def test_a_killed_rank_fails_the_whole_launch(assets, ssh_nodes, tmp_path):
+    p = launch(ssh_nodes, config(assets, tmp_path, "killed", 100000), tmp_path)
+    lines, victim = [], None
+    try:
+        for line in p.stdout:
+            lines.append(line)
+            m = re.match(r"127\.0\.0\.2: \[odyssey\] rank 1/2 .* pid (\d+),", line)
+            if m:
+                victim = int(m.group(1))
+            if "[odyssey] step 3/" in line:
+                break
+        assert victim, "".join(lines[-50:])
+        os.kill(victim, signal.SIGKILL)  # the rank on node 127.0.0.2 dies
+        t0 = time.time()
+        rest, _ = p.communicate(timeout=300)
+        elapsed = time.time() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode != 0, rest[-3000:]
+    assert "the launch failed" in rest, rest[-3000:]
+    print(f"launch exited {p.returncode} {elapsed:.1f}s after the kill")
