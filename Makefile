@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,23 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m demo.run
 
+# The launch tests start real daemons from Debian's packages: slurm-wlm + munge (a one-node SLURM) and
+# openssh-server + pdsh (two loopback "nodes"). Installed here when missing and we are root (as in CI); elsewhere
+# those tests skip and say why. apt-get never starts the daemons: the tests do, and stop them by pid.
+SYSTEM_PKGS := slurm-wlm munge openssh-server pdsh
+SYSTEM_BINS := /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/munged /usr/sbin/sshd /usr/bin/pdsh /usr/bin/sbatch
+system-deps:
+	@missing=0; for b in $(SYSTEM_BINS); do test -x $$b || missing=1; done; \
+	if [ $$missing = 1 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "[make] installing $(SYSTEM_PKGS) for the launch tests (apt-get)"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q $(SYSTEM_PKGS) >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1; apt-get install -y -q $(SYSTEM_PKGS) >/dev/null; } || \
+	  echo "[make] could not install $(SYSTEM_PKGS): the launch tests will skip"; \
+	fi
+
 # All tests, the slow multi-process ones included (CI runs this).
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(PY) -m pytest -ra --timeout=1800 tests
 
 # Unit tests only, for a quick loop.

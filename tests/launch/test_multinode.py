@@ -74,3 +74,12 @@ def test_a_killed_rank_fails_the_whole_launch(assets, ssh_nodes, tmp_path):
     assert p.returncode != 0, rest[-3000:]
     assert "the launch failed" in rest, rest[-3000:]
     print(f"launch exited {p.returncode} {elapsed:.1f}s after the kill")
+
+
+def test_a_host_without_ssh_is_refused_before_anything_starts(assets, ssh_nodes, tmp_path):
+    cfg = config(assets, tmp_path, "nohost", 2)
+    env = {**ssh_nodes.env, "HOSTS": "127.0.0.1,127.0.0.3", "MASTER_PORT": str(free_port()),
+           "LAUNCH_DIR": str(tmp_path / "l"), "PYTHON": sys.executable}
+    r = subprocess.run(["bash", SCRIPT, str(cfg)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "host 127.0.0.3: no passwordless ssh login" in r.stderr, r.stderr
+    assert not (tmp_path / "nohost").exists()
