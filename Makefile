@@ -39,7 +39,7 @@ system-deps:
 
 # All tests, the slow multi-process ones included (CI runs this).
 test: $(STAMP) system-deps
-	$(PY) -m pytest -ra --timeout=1800 tests
+	$(PY) -m pytest -ra --durations=25 --timeout=1800 tests
 
 # Unit tests only, for a quick loop.
 test-fast: $(STAMP)

@@ -7,21 +7,20 @@ import pytest
 from tests.launch.cluster import SLURM_PROGRAMS, SSH_PROGRAMS, Slurm, SshNodes, cannot_run_daemons
 
 
-@pytest.fixture(scope="module")
-def ssh_nodes(tmp_path_factory):
-    reason = cannot_run_daemons(SSH_PROGRAMS)
+def started(daemons_cls, programs, folder):
+    reason = cannot_run_daemons(programs)
     if reason:
         pytest.skip(reason)
-    nodes = SshNodes(tmp_path_factory.mktemp("ssh")).start()
-    yield nodes
-    nodes.stop()
+    daemons = daemons_cls(folder).start()
+    yield daemons
+    daemons.stop()
+
+
+@pytest.fixture(scope="module")
+def ssh_nodes(tmp_path_factory):
+    yield from started(SshNodes, SSH_PROGRAMS, tmp_path_factory.mktemp("ssh"))
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    reason = cannot_run_daemons(SLURM_PROGRAMS)
-    if reason:
-        pytest.skip(reason)
-    cluster = Slurm(tmp_path_factory.mktemp("slurm")).start()
-    yield cluster
-    cluster.stop()
+    yield from started(Slurm, SLURM_PROGRAMS, tmp_path_factory.mktemp("slurm"))
