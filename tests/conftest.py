@@ -36,16 +36,33 @@ def assets(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _leave_dev_shm_clean():
+def _leave_dev_shm_clean(tmp_path_factory):
     """DeepSpeed's CPU comm op leaves a ~69 MB /dev/shm buffer per rank and master port; the tests start dozens of
-    jobs on distinct ports. Remove the ones this session created once it is done (no job of ours runs then)."""
+    jobs on distinct ports. Ranks the tests SIGKILL also leave mosaicml-streaming's segments (NNNNNN_*). Remove what
+    this session created once it is done (no job of ours runs then); streaming's only where its `_locals` names a
+    folder of this session, so a live job of someone else's is never touched."""
     import time
 
     started = time.time()
+    base = str(tmp_path_factory.getbasetemp())
     yield
-    for f in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"):
+    shm = Path("/dev/shm")
+    doomed = [f for f in shm.glob("deepspeed_allreduce_buffer_*") if _mtime(f) >= started - 1]
+    for locals_ in shm.glob("[0-9][0-9][0-9][0-9][0-9][0-9]_locals"):
         try:
-            if f.stat().st_mtime >= started - 1:
-                f.unlink()
+            if _mtime(locals_) >= started - 1 and base in locals_.read_bytes().decode(errors="replace"):
+                doomed += shm.glob(locals_.name.split("_")[0] + "_*")
         except OSError:
             pass
+    for f in doomed:
+        try:
+            f.unlink()
+        except OSError:
+            pass
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
