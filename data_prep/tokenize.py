@@ -9,6 +9,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -16,6 +18,10 @@ import numpy as np
 
 _TOKENIZER = None
 _EOS = -1
+
+
+class TokenizeError(RuntimeError):
+    """A tokenizer worker died (killed, out of memory, or its tokenizer would not load): one line, nothing written."""
 
 
 @dataclass
@@ -74,11 +80,18 @@ def encode_all(work: Iterable[Batch], tokenizer_json: str, eos_id: int, workers:
             yield encode(b)
         return
     ctx = mp.get_context("spawn")  # no fork: the parent may hold threads (tokenizers' Rust pool, tqdm, MLflow)
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_json, eos_id)) as pool:
+    # ProcessPoolExecutor, not multiprocessing.Pool: a Pool replaces a dead worker and waits forever for its batch;
+    # the executor fails every pending batch with BrokenProcessPool.
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(tokenizer_json, eos_id)) as pool:
         pending: deque = deque()
-        for b in work:
-            pending.append(pool.apply_async(encode, (b,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        try:
+            for b in work:
+                pending.append(pool.submit(encode, b))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise TokenizeError("a tokenizer worker process died (killed, out of memory, or the tokenizer failed to "
+                                "load in it); nothing was written") from None

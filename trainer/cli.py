@@ -13,11 +13,12 @@ def known_errors() -> tuple[type[BaseException], ...]:
     from data_prep.manifest import ManifestError
     from data_prep.prepare import PrepError
     from data_prep.sources import SourceError
+    from data_prep.tokenize import TokenizeError
     from trainer.checkpoint import CheckpointError
     from trainer.config import ConfigError
     from trainer.study import StudyError
 
-    return ConfigError, ManifestError, PrepError, SourceError, CheckpointError, StudyError
+    return ConfigError, ManifestError, PrepError, SourceError, TokenizeError, CheckpointError, StudyError
 
 
 def run_guarded(fn: Callable[[], int | None]) -> int:

@@ -107,3 +107,12 @@ domains:
     r = subprocess.run([sys.executable, "-m", "trainer.cli", "prep", "--config", str(tmp_path / "bad.yaml")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown key(s) ['colour']" in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_dead_tokenizer_worker_fails_the_prep_instead_of_hanging():
+    """A worker whose tokenizer won't load dies in its initializer; multiprocessing.Pool would respawn it forever."""
+    from data_prep.tokenize import Batch, TokenizeError, encode_all
+
+    with pytest.raises(TokenizeError, match="worker process died"):
+        list(encode_all([Batch(["some text"], ["train"])], "not a tokenizer", 0, workers=2))
