@@ -34,9 +34,9 @@ from trainer.tokenstats import FUNCTION_WORDS, Vocab, summarize, table_frame
 from trainer.preempt import StopRequest
 from trainer.tracking import Tracker, params_for
 
-# torch 2.14 deprecates the collectives DeepSpeed 0.19 calls on every step; the warning says nothing to our users.
 FINISHED = "FINISHED"  # in the run folder, written once the run reached its last step
 
+# torch 2.14 deprecates the collectives DeepSpeed 0.19 calls on every step; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
 
