@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean system-deps
+.PHONY: install demo test test-fast bench clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test: $(STAMP) system-deps
 # Unit tests only, for a quick loop.
 test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slow" tests
+
+# The CPU benchmarks: training step against HF Trainer and a bare DeepSpeed loop, and the loader against training.
+# Each prints ratios against baselines measured in the same run (docs/BENCHMARKS.md). GPU: bench/gpu_check.sh.
+bench: $(STAMP)
+	$(PY) bench/train_throughput.py
+	$(PY) bench/loader.py
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

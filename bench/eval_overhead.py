@@ -57,7 +57,7 @@ def worker(args) -> None:
     from trainer.tokenstats import Vocab, summarize, table_frame
     from data_prep.manifest import tokenizer_fingerprint
 
-    rank, world = init_distributed()
+    rank, world, dev = init_distributed()
     cfg = config_from_dict({"model": {"path": args.model}, "data": {"streams": [{"name": "code", "path": args.domain}]},
                             "run": {"out_dir": args.tmp, "max_steps": 1}})
     tok = load_tokenizer(cfg.model)
@@ -65,7 +65,6 @@ def worker(args) -> None:
     engine, *_ = build_engine(cfg, fill_ds_config(cfg, world, 576), lambda: load_model(cfg.model), 1)
     sets = open_eval_sets(domains, "test")
     vocab = Vocab.from_tokenizer(tok) if rank == 0 else None
-    dev = torch.device("cpu")
     base = evaluate(engine, sets, rank, world, args.micro_batch, args.samples, dev, per_token=True)["code"]
     times = {"loss_only": [], "token_stats": [], "report": []}
     for _ in range(REPEATS):

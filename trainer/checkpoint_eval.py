@@ -58,9 +58,9 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     from data_prep.manifest import tokenizer_fingerprint
     from trainer.baseline import BaselineCache, model_hash
     from trainer.data import check_domains, open_eval_sets
-    from trainer.engine import init_distributed
+    from trainer.engine import init_distributed, resolve_dtype
     from trainer.evaluate import evaluate
-    from trainer.model import load_model, load_tokenizer
+    from trainer.model import DTYPES, load_model, load_tokenizer
     from trainer.plots import degradation_curves
     from trainer.tokenstats import FUNCTION_WORDS, Vocab
     from trainer.train import eval_metrics, log_token_stats
@@ -72,7 +72,8 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     if not folder.is_dir():
         raise CheckpointError(f"checkpoints folder not found: {folder}")
     cfg = run_config(folder, config)
-    rank, world = init_distributed()
+    cfg.model.dtype = resolve_dtype(cfg.model.dtype)  # the run's dtype, so scores compare with its own evals
+    rank, world, device = init_distributed()  # this rank's GPU where there is one
     run_dir = folder.parent
     tokenizer = load_tokenizer(cfg.model)
     domains, _ = check_domains(cfg, tokenizer_fingerprint(tokenizer))
@@ -90,7 +91,7 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     run_id = None
 
     def score(model, step: int, tokens_seen: int | None) -> dict:
-        results = evaluate(model, eval_sets, rank, world, mb, cfg.eval.max_samples, torch.device("cpu"),
+        results = evaluate(model, eval_sets, rank, world, mb, cfg.eval.max_samples, device,
                            per_token=cfg.eval.token_stats)
         metrics = eval_metrics(results, baseline or {n: {"loss": r.loss, "ppl": r.ppl} for n, r in results.items()})
         if tokens_seen is not None:
@@ -110,13 +111,13 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
                 run_id = tracker.start(f"{cfg.run.name}-eval" if new_run else cfg.tracking.run_name or cfg.run.name,
                                        None if new_run else marker.get("mlflow_run_id"))
             if baseline is None:
-                base_model = load_model(cfg.model).eval()  # step 0: the base model (cached per token if missing)
+                base_model = load_model(cfg.model).to(device).eval()  # step 0: the base model (cached per token if missing)
                 base = score(base_model, 0, 0) if new_run or not _has_baseline(cache, domains) else None
                 baseline = {n: {"loss": r.loss, "ppl": r.ppl} for n, r in base.items()} if base else \
                     _baseline_from_cache(cache, domains)
                 del base_model
             t0 = time.time()
-            model = load_checkpoint_model(folder, name, kind, cfg.model).eval()
+            model = load_checkpoint_model(folder, name, kind, cfg.model).to(device, DTYPES[cfg.model.dtype]).eval()
             score(model, step, marker.get("tokens_seen"))
             scored.append(step)
             done.add(name)
@@ -131,6 +132,7 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     if rank == 0 and history:
         png = degradation_curves(history, [s.name for s in cfg.data.streams], run_dir / "curves" / "degradation_eval.png")
         tracker.log_artifact(png, "curves")
+    tracker.flush()
     return scored
 
 

@@ -23,8 +23,11 @@ class Section(BaseModel):
 class ModelCfg(Section):
     path: str  # local folder with a HF causal LM (config.json + weights) and its tokenizer
     tokenizer: str | None = None  # defaults to `path`
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    attn_impl: Literal["eager", "sdpa", "flash_attention_2"] | None = None
+    # auto: bf16 on a GPU that supports it, else fp32 (the run's config.yaml records what was chosen)
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # auto: flash_attention_2 when flash-attn is installed and the run is bf16/fp16 on a GPU, else the model's default
+    # (sdpa for the architectures that support it)
+    attn_impl: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     activation_checkpointing: bool = False
     trust_remote_code: bool = False
 
@@ -39,7 +42,8 @@ class DataCfg(Section):
     streams: list[StreamCfg] = Field(min_length=1)
     seq_len: int | None = Field(default=None, gt=1)  # must equal the shards' seq_len; None takes it from the manifests
     micro_batch: int = Field(default=1, gt=0)
-    num_workers: int = Field(default=0, ge=0)
+    # loader worker processes per rank; None: on a GPU min(4, CPU cores / local ranks), on CPU 0 (the cores train)
+    num_workers: int | None = Field(default=None, ge=0)
     shuffle: bool = True
     verify_hashes: bool = True  # at start-up, hash every local shard file against its index (xxh64, IO-bound)
     cache_dir: str | None = None  # local copies of remote shards; default <run.out_dir>/.shard_cache
@@ -55,8 +59,8 @@ class OptimCfg(Section):
     schedule: Literal["cosine", "linear", "constant"] = "cosine"
     grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
     accumulation: int = Field(default=1, gt=0)
-    # A micro-batch whose loss is not finite, or above spike_factor x the running mean loss, is skipped (no
-    # backward) and counted in train/skipped_batches, or stops the run with a checkpoint. Decided on all ranks at once.
+    # A micro-batch whose loss is not finite, or above spike_factor x the running mean loss, makes its optimizer step
+    # be skipped (no update, counted in train/skipped_steps), or stops the run with a checkpoint. All ranks at once.
     bad_loss: Literal["skip", "stop"] = "skip"
     spike_factor: float | None = Field(default=None, gt=1)
     max_skipped: int = Field(default=100, ge=0)  # stop (with a checkpoint) after this many skipped micro-batches

@@ -7,6 +7,7 @@ Domains are local folders or remote URLs (s3://…); remote shards are cached un
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,19 @@ def _dataset_class():
     return LedgeredDataset
 
 
-def build_train_loader(cfg: Config, domains: dict[str, Domain]):
+def loader_workers(configured: int | None, device: torch.device, local_world: int) -> int:
+    """Worker processes per rank: as configured, else on a GPU up to 4 (the cores not taken by the other local ranks),
+    and 0 on CPU, where every core already trains."""
+    if configured is not None:
+        return configured
+    if device.type != "cuda":
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1) // max(1, local_world) - 1))
+
+
+def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.device):
+    """The mixed training stream. On a GPU, batches come from worker processes in pinned memory, so the copy to the
+    device is asynchronous (`non_blocking=True` in the loop)."""
     from streaming import Stream, StreamingDataLoader
 
     mixed = len(cfg.data.streams) > 1
@@ -103,8 +116,10 @@ def build_train_loader(cfg: Config, domains: dict[str, Domain]):
         streams=streams, batch_size=cfg.data.micro_batch, shuffle=cfg.data.shuffle, shuffle_seed=cfg.run.seed,
         replication=None,
     )
-    return StreamingDataLoader(dataset, batch_size=cfg.data.micro_batch, num_workers=cfg.data.num_workers,
-                               collate_fn=_collate, drop_last=True, persistent_workers=False)
+    workers = loader_workers(cfg.data.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return StreamingDataLoader(dataset, batch_size=cfg.data.micro_batch, num_workers=workers, collate_fn=_collate,
+                               drop_last=True, persistent_workers=False, pin_memory=device.type == "cuda",
+                               prefetch_factor=4 if workers else None)
 
 
 class Batches:

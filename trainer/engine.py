@@ -75,7 +75,8 @@ def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None)
     _fill(ds, "gradient_accumulation_steps", o.accumulation, "ds", conflicts)
     _fill(ds, "train_batch_size", cfg.data.micro_batch * o.accumulation * world_size, "ds", conflicts)
     _fill(ds, "gradient_clipping", o.grad_clip, "ds", conflicts)
-    for key, enabled in (("bf16", cfg.model.dtype == "bf16"), ("fp16", cfg.model.dtype == "fp16")):
+    dtype = resolve_dtype(cfg.model.dtype)
+    for key, enabled in (("bf16", dtype == "bf16"), ("fp16", dtype == "fp16")):
         section = ds.setdefault(key, {"enabled": "auto"})
         _fill(section, "enabled", enabled, key, conflicts)
     opt = ds.setdefault("optimizer", {"type": "AdamW", "params": {}})
@@ -99,11 +100,10 @@ def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None)
         raise ConfigError(f"deepspeed.config {path.name} conflicts with the Odyssey config: {'; '.join(conflicts)}")
     for dotted, value in cfg.deepspeed.overrides.items():
         _set_dotted(ds, dotted, value)
-    if not torch.cuda.is_available() and ds.get("optimizer", {}).get("type", "").lower() in ("adam", "adamw"):
-        offload = zero.get("offload_optimizer", {}).get("device", "none")
-        if offload in (None, "none"):
-            # DeepSpeed's FusedAdam needs a GPU; on CPU use torch's AdamW (same math).
-            ds["optimizer"]["params"]["torch_adam"] = True
+    if dtype == "bf16" and zero.get("stage", 0) in (1, 2):
+        # a non-finite gradient must skip the step (the bad-loss policy relies on it); ZeRO-1/2 check it in bf16
+        # only when asked (ZeRO-3 and fp32 always do)
+        ds["bf16"].setdefault("check_grad_overflow", True)
     return ds
 
 
@@ -135,8 +135,21 @@ def slurm_master_port(job_id: str) -> int:
     return 20000 + int(job_id) % 20000
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the process group started by deepspeed/srun/torchrun, or a world of one when run as a plain process."""
+def select_device(local_rank: int) -> torch.device:
+    """This rank's device: GPU `local_rank`, made current before anything touches CUDA (else every rank's first
+    allocation, and NCCL's communicator, land on cuda:0). CPU where there is no GPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s) visible "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Join the process group started by deepspeed/srun/torchrun, or a world of one when run as a plain process.
+    Returns (rank, world size, this rank's device)."""
     import deepspeed
 
     os.environ.update(slurm_rank_env(dict(os.environ)))
@@ -145,8 +158,51 @@ def init_distributed() -> tuple[int, int]:
         os.environ.setdefault(var, default)
     # mosaicml-streaming needs LOCAL_WORLD_SIZE; the deepspeed launcher only sets LOCAL_SIZE (see docs/PITFALLS.md).
     os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ["WORLD_SIZE"]))
+    device = select_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(dist_backend=None, verbose=False)
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
+
+
+def resolve_dtype(dtype: str) -> str:
+    """`auto`: bf16 on a GPU that supports it, else fp32."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def fused_adam_builds() -> bool:
+    """Whether DeepSpeed's FusedAdam op loads on this accelerator: prebuilt, or JIT-built (CUDA: with nvcc, about a
+    minute the first time; CPU: a C++ kernel in seconds), then cached in ~/.cache/torch_extensions."""
+    try:
+        from deepspeed.accelerator import get_accelerator
+
+        get_accelerator().create_op_builder("FusedAdamBuilder").load(verbose=False)
+        return True
+    except Exception:  # no nvcc or compiler, a build error, an incompatible CUDA: all mean "use torch's"
+        return False
+
+
+def choose_optimizer(ds: dict, device: torch.device) -> str:
+    """Pick the fastest AdamW this rank can run, in the resolved JSON; returns the line to log. DeepSpeed's FusedAdam
+    when its op builds for this accelerator (on the CPU box it also beats torch's AdamW: docs/BENCHMARKS.md), else
+    torch's AdamW, fused on a GPU. Offloaded optimizers are DeepSpeed's CPU Adam, and a JSON that says `torch_adam`
+    is left alone."""
+    opt = ds.get("optimizer", {})
+    params = opt.setdefault("params", {})
+    offload = ds.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    if opt.get("type", "").lower() not in ("adam", "adamw"):
+        return f"optimizer: {opt.get('type', 'from the DeepSpeed JSON')}"
+    if offload not in (None, "none"):
+        return f"optimizer: DeepSpeedCPUAdam (optimizer offloaded to {offload})"
+    if "torch_adam" in params:
+        return f"optimizer: as the DeepSpeed JSON says (torch_adam={params['torch_adam']})"
+    if fused_adam_builds():
+        return f"optimizer: DeepSpeed FusedAdam ({device.type})"
+    params["torch_adam"] = True
+    if device.type == "cuda":
+        params["fused"] = True
+        return "optimizer: torch.optim.AdamW(fused=True) (DeepSpeed's FusedAdam op did not build here)"
+    return "optimizer: torch.optim.AdamW (DeepSpeed's FusedAdam op did not build here)"
 
 
 def build_engine(cfg: Config, ds_config: dict, load_model, total_steps: int):

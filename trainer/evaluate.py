@@ -40,18 +40,20 @@ def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int, ma
     for i, (name, ds) in enumerate(eval_sets.items()):
         n = ds.num_samples if max_samples is None else min(ds.num_samples, max_samples)
         for tokens, weight, idx in eval_batches(ds, rank, world, micro_batch, max_samples):
-            tokens = tokens.to(device)
+            tokens = tokens.to(device, non_blocking=True)
             losses = token_losses(model, tokens)
             w = weight.to(device)[:, None].expand_as(losses)
             sums[i, 0] += (losses.double() * w).sum()
             sums[i, 1] += w.sum()
             if per_token:
-                if name not in full:
+                if name not in full:  # on the device: NCCL reduces device tensors only
                     shape = (n, losses.shape[1])
-                    full[name] = (torch.zeros(shape, dtype=torch.int64), torch.zeros(shape, dtype=torch.float32))
-                real = weight > 0
-                full[name][0][idx[real]] = tokens[real, 1:].cpu()
-                full[name][1][idx[real]] = losses[real].float().cpu()
+                    full[name] = (torch.zeros(shape, dtype=torch.int64, device=device),
+                                  torch.zeros(shape, dtype=torch.float32, device=device))
+                real = (weight > 0).to(device)
+                rows = idx.to(device)[real]
+                full[name][0][rows] = tokens[real, 1:]
+                full[name][1][rows] = losses[real].float()
     if world > 1:
         torch.distributed.all_reduce(sums)
         for targets, losses in full.values():
@@ -63,5 +65,6 @@ def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int, ma
         loss = (sums[i, 0] / sums[i, 1]).item()
         targets, losses = full.get(name, (None, None))
         out[name] = DomainEval(loss, math.exp(min(loss, 80.0)), int(sums[i, 1].item()),
-                               None if targets is None else targets.numpy(), None if losses is None else losses.numpy())
+                               None if targets is None else targets.cpu().numpy(),
+                               None if losses is None else losses.cpu().numpy())
     return out

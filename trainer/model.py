@@ -37,13 +37,27 @@ def load_tokenizer(cfg: ModelCfg):
                             trust_remote_code=cfg.trust_remote_code)
 
 
+def resolve_attn_impl(attn_impl: str, dtype: str) -> str | None:
+    """`auto`: flash_attention_2 where flash-attn is installed and the run is bf16/fp16 on a GPU; otherwise None, the
+    model class's own default (sdpa where the architecture supports it, else eager)."""
+    if attn_impl != "auto":
+        return attn_impl
+    import importlib.util
+
+    if torch.cuda.is_available() and dtype in ("bf16", "fp16") and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return None
+
+
 def load_model(cfg: ModelCfg):
+    """The HF model in the configured dtype (`cfg.dtype` already resolved from `auto` by the caller)."""
     from transformers import AutoModelForCausalLM
 
     _check_path(cfg.path, "model.path")
     kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
-    if cfg.attn_impl:
-        kwargs["attn_implementation"] = cfg.attn_impl
+    attn = resolve_attn_impl(cfg.attn_impl, cfg.dtype)
+    if attn:
+        kwargs["attn_implementation"] = attn
     model = _from_pretrained(AutoModelForCausalLM, cfg.path, "model.path", **kwargs)
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,11 +1,9 @@
 """Graceful stop on SIGTERM / SIGUSR1 (SLURM's warning before a time limit or preemption): the handler only sets a
-flag; the loop checks it at each step boundary, agreed across ranks (any rank signalled → all stop), then saves a
-checkpoint and exits 0."""
+flag; the loop puts it into the step's one collective (trainer/step_stats.py), so any rank signalled → all stop at
+the same step boundary, then save a checkpoint and exit 0."""
 from __future__ import annotations
 
 import signal
-
-import torch
 
 
 class StopRequest:
@@ -26,13 +24,6 @@ class StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         self.signum = signum
-
-    def agreed(self, world: int) -> bool:
-        """True on every rank if any rank got a signal. One scalar all-reduce per step."""
-        flag = torch.tensor([1.0 if self.signum else 0.0])
-        if world > 1:
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item())
 
     @property
     def name(self) -> str:

@@ -1,10 +1,15 @@
 """MLflow from rank 0 only. Other ranks get a Tracker whose methods do nothing, so the loop needs no rank checks.
+Metrics are written by a background thread, so a training step never waits for the store (a sqlite write or a server
+round trip per step is several percent of a GPU step); `flush()` and `end()` wait for them and raise what failed.
 
 Without MLFLOW_TRACKING_URI the store is embedded: `sqlite:///<run_dir>/mlflow.db`, artifacts in `<run_dir>/mlartifacts`.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import queue
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +43,14 @@ class Tracker:
         # a sqlite file store keeps its artifacts beside the .db (mlflow's default is ./mlartifacts of the cwd)
         self.artifact_root = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" \
             if self.uri.startswith("sqlite:///") else None
+        self._metrics: queue.Queue | None = None
+        self._error: BaseException | None = None
 
     def start(self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
         if not self.enabled:
             return run_id
+        # MLflow's usage telemetry would start a thread that calls out from every training job; nodes are offline
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
         self.client = MlflowClient(self.uri)
@@ -76,9 +85,30 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+        if self._metrics is None:
+            self._metrics = queue.Queue()
+            threading.Thread(target=self._write_metrics, name="odyssey-mlflow-metrics", daemon=True).start()
+            atexit.register(self._metrics.join)  # a process that ends without flush() still writes what it logged
+        self._metrics.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def _write_metrics(self) -> None:
+        while True:
+            items = self._metrics.get()
+            try:
+                for i in range(0, len(items), 1000):
+                    self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+            except Exception as err:  # kept for flush(), which raises it in the loop's thread
+                self._error = self._error or err
+            finally:
+                self._metrics.task_done()
+
+    def flush(self) -> None:
+        """Wait until every metric logged so far is in the store."""
+        if self._metrics is not None:
+            self._metrics.join()
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
@@ -90,4 +120,5 @@ class Tracker:
 
     def end(self, status: str = "FINISHED") -> None:
         if self.enabled and self.run_id:
+            self.flush()
             self.client.set_terminated(self.run_id, status=status)

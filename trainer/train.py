@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import socket
@@ -21,12 +20,14 @@ import yaml
 
 from data_prep.manifest import tokenizer_fingerprint
 from trainer import checkpoint
-from trainer.config import Config, load_config
+from trainer.config import Config, ConfigError, load_config
 from trainer.data import Batches, build_train_loader, check_domains, open_eval_sets
-from trainer.engine import build_engine, fill_ds_config, init_distributed, parameter_counts
+from trainer.engine import (build_engine, choose_optimizer, fill_ds_config, init_distributed, parameter_counts,
+                            resolve_dtype)
+from trainer.step_stats import StepStats
 from trainer.evaluate import evaluate
 from trainer.ledger import Ledger
-from trainer.meter import detect_peak_tflops, flops_per_token, mfu
+from trainer.meter import Meter, detect_peak_tflops, flops_per_token
 from trainer.model import load_model, load_tokenizer
 from trainer.baseline import BaselineCache, model_hash
 from trainer.plots import degradation_curves, token_report
@@ -43,14 +44,6 @@ warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is depreca
 def log(rank: int, msg: str) -> None:
     if rank == 0:
         print(f"[odyssey] {msg}", flush=True)
-
-
-def all_ranks(values: list[float], world: int, op=None) -> list[float]:
-    """Sum (or op) a few scalars across ranks in one collective."""
-    t = torch.tensor(values, dtype=torch.float64)
-    if world > 1:
-        torch.distributed.all_reduce(t, op=op or torch.distributed.ReduceOp.SUM)
-    return t.tolist()
 
 
 def eval_metrics(results: dict, baseline: dict) -> dict[str, float]:
@@ -104,6 +97,45 @@ def log_token_stats(results: dict, step: int, base_cache: BaselineCache, vocab: 
     return metrics
 
 
+def skipped_step(cfg: Config, state: dict, engine, n_bad: int, sample_ids: np.ndarray, ledger: Ledger,
+                 tracker: Tracker, rank: int) -> str | None:
+    """A step whose update DeepSpeed skipped; its samples were consumed, not trained on (ledger step -N). Bad losses
+    count against optim.bad_loss / max_skipped; a skip DeepSpeed made on its own (non-finite gradients from a finite
+    loss, an fp16 loss-scale overflow) does not. Returns why the run must stop, or None."""
+    attempt = state["step"] + 1
+    ledger.record(-attempt, sample_ids)
+    if not n_bad:
+        log(rank, f"step {attempt}: DeepSpeed skipped the update (non-finite gradients); the step is repeated")
+        return None
+    if engine.was_step_applied():
+        raise ConfigError(f"step {attempt}: DeepSpeed applied an update from a bad loss; this DeepSpeed config does not "
+                          f"skip non-finite steps (use ZeRO stage 1-3, or bf16/fp16)")
+    state["skipped"] += 1
+    log(rank, f"step {attempt}: bad loss in {n_bad} micro-batch(es), update skipped ({state['skipped']} so far)")
+    tracker.log_metrics({"train/skipped_steps": state["skipped"]}, attempt)
+    if cfg.optim.bad_loss == "stop" or state["skipped"] > cfg.optim.max_skipped:
+        return f"bad loss (optim.bad_loss={cfg.optim.bad_loss}, {state['skipped']} skipped)"
+    return None
+
+
+def log_step(state: dict, loss: float, engine, scheduler, epoch: int, meter: Meter, tracker: Tracker, rank: int,
+             max_steps: int) -> None:
+    """Throughput over the steps since the last log (eval and checkpoint time excluded), loss, LR, grad norm, MFU."""
+    step = state["step"]
+    tokens_per_s, util = meter.read()
+    metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_per_s,
+               "train/tokens_per_s_per_device": tokens_per_s / meter.world, "train/tokens_seen": state["tokens_seen"],
+               "train/epoch": epoch}
+    grad_norm = engine.get_global_grad_norm()  # a device scalar under ZeRO: read on log steps only
+    if grad_norm is not None:
+        metrics["train/grad_norm"] = float(grad_norm)
+    if util is not None:
+        metrics["train/mfu"] = util
+    tracker.log_metrics(metrics, step)
+    log(rank, f"step {step}/{max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} {tokens_per_s:,.0f} tok/s"
+              + (f" mfu {util:.1%}" if util is not None else ""))
+
+
 def total_steps(cfg: Config, tokens_per_step: int, samples_per_rank_epoch: int) -> int:
     if cfg.run.max_steps:
         return cfg.run.max_steps
@@ -113,14 +145,14 @@ def total_steps(cfg: Config, tokens_per_step: int, samples_per_rank_epoch: int) 
 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
-    rank, world = init_distributed()
+    rank, world, device = init_distributed()
     # every rank says where it runs: on a multi-node launch this is the proof each node took part
     print(f"[odyssey] rank {rank}/{world} (local {os.environ.get('LOCAL_RANK', '0')}) on {socket.gethostname()} "
           f"pid {os.getpid()}, master {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", flush=True)
     random.seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
     torch.manual_seed(cfg.run.seed)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    cfg.model.dtype = resolve_dtype(cfg.model.dtype)  # `auto` → what this device runs best; config.yaml records it
     run_dir = cfg.run_dir
     ckpt_root = run_dir / "checkpoints"
     stop_request = StopRequest()
@@ -132,19 +164,23 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
     ds_config = fill_ds_config(cfg, world, getattr(hf_config, "hidden_size", None))
+    optimizer_choice = choose_optimizer(ds_config, device)
     tag = checkpoint.starting_tag(ckpt_root, resume, world)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not tag:
             (run_dir / FINISHED).unlink(missing_ok=True)
-    loader = build_train_loader(cfg, domains)
+    loader = build_train_loader(cfg, domains, device)
     eval_sets = open_eval_sets(domains, cfg.eval.split)
     tokens_per_step = cfg.data.micro_batch * seq_len * cfg.optim.accumulation * world
     max_steps = total_steps(cfg, tokens_per_step, len(loader.dataset))
     engine, _, scheduler, _dschf = build_engine(cfg, ds_config, lambda: load_model(cfg.model), max_steps)
+    if engine.device != device:
+        raise RuntimeError(f"DeepSpeed placed the engine on {engine.device}, this rank selected {device}")
     n_params, n_local = parameter_counts(engine.module)
     flops_token = flops_per_token(hf_config, n_params, seq_len)
-    peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops()
+    peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops(cfg.model.dtype)
+    meter = Meter(tokens_per_step, world, flops_token, peak_tflops)
     eval_mb = cfg.eval.micro_batch or cfg.data.micro_batch
     ledger = Ledger(run_dir, rank)
     if not tag:
@@ -188,6 +224,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     log(rank, f"world {world}, {n_params / 1e6:.1f}M params ({n_local / 1e6:.1f}M on rank 0), seq_len {seq_len}, "
               f"{tokens_per_step:,} tokens/step, steps {state['step']}→{max_steps}, "
               f"MLflow run {state['mlflow_run_id']} at {tracker.uri}")
+    log(rank, f"device {device}, {cfg.model.dtype}, attention {engine.module.config._attn_implementation}, "
+              f"{optimizer_choice}, {loader.num_workers} loader worker(s) per rank"
+              + (", pinned batches" if loader.pin_memory else ""))
 
     def run_eval(step: int) -> None:
         t0 = time.time()
@@ -205,6 +244,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                  "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})
         table = ", ".join(f"{n} {r.ppl:.2f}" for n, r in results.items())
         log(rank, f"eval @ step {step} ({time.time() - t0:.1f}s): ppl {table}")
+        meter.start_clock()  # eval time is not training time
 
     def save(step: int) -> None:
         t0 = time.time()
@@ -215,6 +255,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if rank == 0:
             pruned = checkpoint.prune(ckpt_root, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
             log(rank, f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
+        meter.start_clock()
 
     if state["step"] == 0:
         run_eval(0)  # the baseline: the base model before any update
@@ -223,73 +264,51 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     batches = Batches(loader)
     engine.train()
     stop_at = min(max_steps, cfg.run.halt_at_step or max_steps)
-    # Fault injection for the tests of the bad-loss policy: a NaN loss on the last rank at this step, first micro-batch.
-    nan_at = int(os.environ.get("ODYSSEY_FAULT_NAN_AT_STEP", "0"))
+    stats = StepStats(device, world, cfg.optim.spike_factor)
     last_save = state["step"]
     stopped_by = None
+    meter.start_clock()
     while state["step"] < stop_at:
-        t0 = time.time()
-        loss_sum, done, used = 0.0, 0, []
-        while done < cfg.optim.accumulation:
+        used = []
+        stats.begin(state["loss_ema"])
+        for micro in range(cfg.optim.accumulation):
             tokens, sample_ids = next(batches)
-            tokens = tokens.to(device)
+            tokens = tokens.to(device, non_blocking=True)
             loss = engine(input_ids=tokens, labels=tokens).loss
-            value = loss.item()
-            if nan_at == state["step"] + 1 and rank == world - 1:
-                value, nan_at = float("nan"), 0
-            # every rank must agree before backward: ZeRO-3's backward is collective
-            bad_local = not math.isfinite(value) or bool(
-                cfg.optim.spike_factor and state["loss_ema"] and value > cfg.optim.spike_factor * state["loss_ema"])
-            if all_ranks([float(bad_local)], world)[0] > 0:
-                state["skipped"] += 1
-                ledger.record(-(state["step"] + 1), sample_ids)  # consumed, not trained on
-                log(rank, f"step {state['step'] + 1}: bad loss ({value:.4g} on rank 0), micro-batch skipped "
-                          f"({state['skipped']} so far)")
-                tracker.log_metrics({"train/skipped_batches": state["skipped"]}, state["step"] + 1)
-                if cfg.optim.bad_loss == "stop" or state["skipped"] > cfg.optim.max_skipped:
-                    stopped_by = f"bad loss (optim.bad_loss={cfg.optim.bad_loss}, {state['skipped']} skipped)"
-                    break
-                continue
+            stats.add(loss)
+            if micro == cfg.optim.accumulation - 1:  # the step's one collective, before its last backward
+                loss = loss * stats.agree(stop_request.signum is not None)
             engine.backward(loss)
             engine.step()
-            loss_sum += value
             used.append(sample_ids)
-            done += 1
-        if stopped_by:
-            break
+        loss, n_bad, stop = stats.result(cfg.optim.accumulation)
+        if n_bad or not engine.was_step_applied():  # DeepSpeed skipped the update: consumed, not trained on
+            stopped_by = skipped_step(cfg, state, engine, n_bad, np.concatenate(used), ledger, tracker, rank)
+            if stopped_by or stop:
+                stopped_by = stopped_by or stop_request.name
+                break
+            continue
         state["step"] += 1
         state["tokens_seen"] += tokens_per_step
         step = state["step"]
         ledger.record(step, np.concatenate(used))
-        loss = all_ranks([loss_sum / cfg.optim.accumulation], world)[0] / world
         state["loss_ema"] = loss if state["loss_ema"] is None else 0.9 * state["loss_ema"] + 0.1 * loss
+        meter.steps += 1
         if step % cfg.run.log_interval == 0 or step == stop_at:
-            dt = time.time() - t0
-            grad_norm = engine.get_global_grad_norm()
-            per_device = tokens_per_step / dt / world
-            metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
-                       "train/tokens_per_s": tokens_per_step / dt, "train/tokens_per_s_per_device": per_device,
-                       "train/tokens_seen": state["tokens_seen"], "train/epoch": batches.epoch}
-            if grad_norm is not None:
-                metrics["train/grad_norm"] = float(grad_norm)
-            util = mfu(per_device, flops_token, peak_tflops)
-            if util is not None:
-                metrics["train/mfu"] = util
-            tracker.log_metrics(metrics, step)
-            log(rank, f"step {step}/{max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} "
-                      f"{metrics['train/tokens_per_s']:,.0f} tok/s" + (f" mfu {util:.1%}" if util is not None else ""))
+            log_step(state, loss, engine, scheduler, batches.epoch, meter, tracker, rank, max_steps)
         if step in evals_at:
             run_eval(step)
             engine.train()
         if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
             save(step)
             last_save = step
-        if step < stop_at and stop_request.agreed(world):
-            stopped_by = f"{stop_request.name}"
+        if stop and step < stop_at:
+            stopped_by = stop_request.name
             break
 
     step = state["step"]
     ledger.flush()
+    tracker.flush()
     if step != last_save and (step < max_steps or cfg.checkpoint.save_final):
         save(step)
     if rank == 0 and state["history"]:

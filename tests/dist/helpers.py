@@ -32,3 +32,17 @@ def client_and_run(run_dir, experiment="test"):
 
 def history(client, run_id, key):
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def run_wrapped(cfg, *args, env=None, expect=0):
+    """Like `run`, but each rank runs under tests/dist/wrap.py, which injects faults or records collectives from the
+    test's side (TEST_* variables)."""
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+    c = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "tests.dist.wrap", str(cfg), *args]
+    full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": root, **(env or {})}
+    r = subprocess.run(c, capture_output=True, text=True, timeout=900, env=full_env, cwd=root)
+    assert r.returncode == expect, r.stdout[-3000:] + r.stderr[-3000:]
+    return r

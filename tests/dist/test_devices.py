@@ -1,0 +1,42 @@
+"""Device discipline on 2 real ZeRO-3 ranks: every tensor that the loop, the eval and the stop check hand to a
+collective sits on the engine's device (NCCL takes device tensors only; gloo would take anything, so CPU runs alone
+would never notice). Recorded by a wrapper over torch.distributed installed from the test's side."""
+import json
+
+import pytest
+
+from tests.dist.helpers import run_wrapped
+
+pytestmark = pytest.mark.slow
+
+
+def test_collectives_get_tensors_on_the_engine_device(assets, tmp_path):
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"""
+model: {{path: {assets['model']}}}
+data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}], micro_batch: 2}}
+optim: {{accumulation: 2}}
+run: {{out_dir: {tmp_path}, name: devices, max_steps: 3}}
+eval: {{interval: 2, max_samples: 6, domains: [{{name: code, path: {assets['domains'] / 'code'}}}]}}
+checkpoint: {{interval: 2}}
+tracking: {{experiment: test}}
+""")
+    record = tmp_path / "collectives"
+    record.mkdir()
+    r = run_wrapped(cfg, env={"TEST_RECORD_COLLECTIVES": str(record)})
+    assert "done: 3 steps" in r.stdout
+    for rank in (0, 1):
+        seen = json.loads((record / f"rank{rank}.json").read_text())
+        assert len(seen["engine_device"]) == 1
+        device = seen["engine_device"][0]
+        sites = {}
+        for rec in seen["records"]:
+            sites.setdefault(rec["site"], set()).add(rec["device"])
+        # the step's one collective (losses, bad-loss count, stop flag): once per step, not per micro-batch
+        steps = [rec for rec in seen["records"] if rec["site"] == "step_stats.py:agree"]
+        assert len(steps) == 3
+        # eval: per-domain sums, then per-token targets and losses of both domains, at steps 0, 2 and 3
+        evals = [rec for rec in seen["records"] if rec["site"] == "evaluate.py:evaluate"]
+        assert len(evals) == 3 * (1 + 2 * 2)
+        assert set(sites) == {"step_stats.py:agree", "evaluate.py:evaluate"}, sites
+        assert all(devices == {device} for devices in sites.values()), (device, sites)

@@ -1,0 +1,86 @@
+"""Runs `trainer.train` as one rank, with faults and probes the tests put in from their side (the product code has no
+test switches). Started by the deepspeed launcher: `deepspeed --num_gpus 2 --module tests.dist.wrap CONFIG ...`.
+
+  TEST_LOSS_FAULTS="3:nan,6:1000"  on the last rank, the Nth training forward's loss becomes NaN, or is multiplied
+  TEST_RECORD_COLLECTIVES=DIR      every tensor that trainer/ code hands to a torch.distributed collective is recorded
+                                   (call site, device), with the engine's device, in DIR/rank<R>.json at exit
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import sys
+from pathlib import Path
+
+TRAINER = str(Path(__file__).resolve().parents[2] / "trainer")
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce",
+               "all_to_all_single", "gather", "scatter")
+
+
+def inject_loss_faults(spec: str) -> None:
+    import deepspeed.runtime.engine as ds_engine
+    import torch
+
+    faults = {int(n): f for n, f in (item.split(":") for item in spec.split(","))}
+    # DeepSpeedEngine.train()/eval() set the wrapped module's mode only, so that is what tells eval forwards apart
+    original = ds_engine.DeepSpeedEngine.forward
+    count = [0]
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.module.training and int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
+            count[0] += 1
+            fault = faults.get(count[0])
+            if fault:
+                out.loss = out.loss * (torch.tensor(float("nan")) if fault == "nan" else float(fault))
+        return out
+
+    ds_engine.DeepSpeedEngine.forward = forward
+
+
+def record_collectives(out_dir: str) -> None:
+    import deepspeed
+    import torch
+    import torch.distributed as dist
+
+    records: list[dict] = []
+    engine_device: list[str] = []
+
+    def wrap(name, fn):
+        def recorded(*args, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.startswith(TRAINER):
+                tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+                site = f"{Path(caller.f_code.co_filename).name}:{caller.f_code.co_name}"
+                records.extend({"op": name, "site": site, "device": str(t.device)} for t in tensors)
+            return fn(*args, **kwargs)
+
+        return recorded
+
+    for name in COLLECTIVES:
+        setattr(dist, name, wrap(name, getattr(dist, name)))
+    initialize = deepspeed.initialize
+
+    def initialize_and_note(*args, **kwargs):
+        result = initialize(*args, **kwargs)
+        engine_device.append(str(result[0].device))
+        return result
+
+    deepspeed.initialize = initialize_and_note
+
+    def dump():
+        path = Path(out_dir) / f"rank{os.environ['RANK']}.json"
+        path.write_text(json.dumps({"engine_device": engine_device, "records": records}))
+
+    atexit.register(dump)
+
+
+if __name__ == "__main__":
+    if os.environ.get("TEST_LOSS_FAULTS"):
+        inject_loss_faults(os.environ["TEST_LOSS_FAULTS"])
+    if os.environ.get("TEST_RECORD_COLLECTIVES"):
+        record_collectives(os.environ["TEST_RECORD_COLLECTIVES"])
+    from trainer.train import main
+
+    sys.exit(main(sys.argv[1:]))
