@@ -99,7 +99,8 @@ def loader_workers(configured: int | None, device: torch.device, local_world: in
         return configured
     if device.type != "cuda":
         return 0
-    return max(1, min(4, (os.cpu_count() or 1) // max(1, local_world) - 1))
+    cores = len(os.sched_getaffinity(0))  # what this job may use (SLURM/cgroups), not the whole node
+    return max(1, min(4, cores // max(1, local_world) - 1))
 
 
 def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.device):
