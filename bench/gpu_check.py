@@ -48,7 +48,7 @@ def main() -> int:
     import torch
 
     from bench.workload import SHAPES, build, token_rows
-    from trainer.engine import resolve_dtype
+    from trainer.model import resolve_dtype
     from trainer.meter import detect_peak_tflops
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -58,9 +58,9 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     from data_prep.manifest import tokenizer_fingerprint
     from trainer.baseline import BaselineCache, model_hash
     from trainer.data import check_domains, open_eval_sets
-    from trainer.engine import init_distributed, resolve_dtype
+    from trainer.engine import init_distributed
     from trainer.evaluate import evaluate
-    from trainer.model import DTYPES, load_model, load_tokenizer
+    from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
     from trainer.plots import degradation_curves
     from trainer.tokenstats import FUNCTION_WORDS, Vocab
     from trainer.train import eval_metrics, log_token_stats

@@ -63,7 +63,7 @@ class OptimCfg(Section):
     # be skipped (no update, counted in train/skipped_steps), or stops the run with a checkpoint. All ranks at once.
     bad_loss: Literal["skip", "stop"] = "skip"
     spike_factor: float | None = Field(default=None, gt=1)
-    max_skipped: int = Field(default=100, ge=0)  # stop (with a checkpoint) after this many skipped micro-batches
+    max_skipped: int = Field(default=100, ge=0)  # stop (with a checkpoint) after this many skipped steps
 
 
 class RunCfg(Section):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from trainer.config import Config, ConfigError
+from trainer.model import resolve_dtype
 
 DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 
@@ -161,13 +162,6 @@ def init_distributed() -> tuple[int, int, torch.device]:
     device = select_device(int(os.environ["LOCAL_RANK"]))
     deepspeed.init_distributed(dist_backend=None, verbose=False)
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
-
-
-def resolve_dtype(dtype: str) -> str:
-    """`auto`: bf16 on a GPU that supports it, else fp32."""
-    if dtype != "auto":
-        return dtype
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def fused_adam_builds() -> bool:

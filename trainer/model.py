@@ -37,6 +37,13 @@ def load_tokenizer(cfg: ModelCfg):
                             trust_remote_code=cfg.trust_remote_code)
 
 
+def resolve_dtype(dtype: str) -> str:
+    """`auto`: bf16 on a GPU that supports it, else fp32."""
+    if dtype != "auto":
+        return dtype
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
 def resolve_attn_impl(attn_impl: str, dtype: str) -> str | None:
     """`auto`: flash_attention_2 where flash-attn is installed and the run is bf16/fp16 on a GPU; otherwise None, the
     model class's own default (sdpa where the architecture supports it, else eager)."""
@@ -50,12 +57,13 @@ def resolve_attn_impl(attn_impl: str, dtype: str) -> str | None:
 
 
 def load_model(cfg: ModelCfg):
-    """The HF model in the configured dtype (`cfg.dtype` already resolved from `auto` by the caller)."""
+    """The HF model in the configured dtype (`auto` resolved here, as the engine's JSON resolves it)."""
     from transformers import AutoModelForCausalLM
 
     _check_path(cfg.path, "model.path")
-    kwargs = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
-    attn = resolve_attn_impl(cfg.attn_impl, cfg.dtype)
+    dtype = resolve_dtype(cfg.dtype)
+    kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code}
+    attn = resolve_attn_impl(cfg.attn_impl, dtype)
     if attn:
         kwargs["attn_implementation"] = attn
     model = _from_pretrained(AutoModelForCausalLM, cfg.path, "model.path", **kwargs)

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 class StepStats:
     def __init__(self, device: torch.device, world: int, spike_factor: float | None):
-        self.device, self.world, self.spike_factor = device, world, spike_factor
+        self.world, self.spike_factor = world, spike_factor
         self.buf = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, bad micro-batches, stop flag
         self.host = torch.zeros(3, dtype=torch.float64, pin_memory=device.type == "cuda")
         self.copied = torch.cuda.Event() if device.type == "cuda" else None

@@ -22,13 +22,12 @@ from data_prep.manifest import tokenizer_fingerprint
 from trainer import checkpoint
 from trainer.config import Config, ConfigError, load_config
 from trainer.data import Batches, build_train_loader, check_domains, open_eval_sets
-from trainer.engine import (build_engine, choose_optimizer, fill_ds_config, init_distributed, parameter_counts,
-                            resolve_dtype)
+from trainer.engine import build_engine, choose_optimizer, fill_ds_config, init_distributed, parameter_counts
 from trainer.step_stats import StepStats
 from trainer.evaluate import evaluate
 from trainer.ledger import Ledger
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
-from trainer.model import load_model, load_tokenizer
+from trainer.model import load_model, load_tokenizer, resolve_dtype
 from trainer.baseline import BaselineCache, model_hash
 from trainer.plots import degradation_curves, token_report
 from trainer.tokenstats import FUNCTION_WORDS, Vocab, summarize, table_frame
