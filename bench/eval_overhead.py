@@ -53,8 +53,8 @@ def worker(args) -> None:
     from trainer.engine import build_engine, fill_ds_config, init_distributed
     from trainer.evaluate import evaluate
     from trainer.model import load_model, load_tokenizer
-    from trainer.plots import token_report
-    from trainer.tokenstats import Vocab, summarize, table_frame
+    from analysis.plots import token_report
+    from analysis.tokenstats import Vocab, summarize, table_frame
     from data_prep.manifest import tokenizer_fingerprint
 
     rank, world, dev = init_distributed()

@@ -115,7 +115,7 @@ def main() -> int:
     rows.append(("resume + 2 steps", f"{done}; load " + seconds_in(log2, r"loaded in ([\d.]+)s")))
     t0 = time.time()
     export_dir = out / "export"
-    subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(runs / "main"), str(export_dir), "--dtype",
+    subprocess.run([sys.executable, "-m", "odyssey", "export", str(runs / "main"), str(export_dir), "--dtype",
                     "bf16", "--overwrite"], check=True, capture_output=True)
     exported = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype="auto").to(
         "cuda" if torch.cuda.is_available() else "cpu")

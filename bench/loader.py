@@ -43,7 +43,7 @@ def loader_tokens_per_s(model: Path, domain: Path, work: Path, args, workers: in
     t0, n = time.perf_counter(), 0
     while n < args.batches:
         try:
-            tokens, _ = next(it)
+            next(it)
         except StopIteration:
             it = iter(loader)
             continue

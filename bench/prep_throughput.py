@@ -176,7 +176,7 @@ def main() -> int:
         rss = {}
         for name, src in (("1x", small), ("10x", big)):
             out = tmp / f"rss_{name}"
-            cmd = [sys.executable, "-m", "trainer.cli", "prep", str(src), "--domain", "d", "--out", str(out),
+            cmd = [sys.executable, "-m", "odyssey", "prep", str(src), "--domain", "d", "--out", str(out),
                    "--tokenizer", str(tok), "--seq-len", str(SEQ_LEN), "--quiet", "--test", "0.01", "--val", "0",
                    "--size-limit", "4mb"]
             rss[name], secs = peak_tree_rss(cmd)

@@ -67,7 +67,7 @@ def resolved_ds_config(cfg_path: Path, world: int, out: Path) -> Path:
 
 def run_odyssey(args, cfg_path: Path, *extra: str) -> str:
     """`odyssey train` with the benchmark's ranks; returns its output (raises with the tail when it fails)."""
-    cmd = [sys.executable, "-m", "trainer.cli", "train", str(cfg_path), *extra]
+    cmd = [sys.executable, "-m", "odyssey", "train", str(cfg_path), *extra]
     if args.nproc > 1:
         cmd += ["--nproc", str(args.nproc), "--master-port", str(args.port)]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

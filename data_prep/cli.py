@@ -15,12 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
+from pydantic import Field
 
-PER_DOMAIN = {"text_field", "min_chars", "dedup", "compression", "size_limit", "val", "test", "workers", "overwrite"}
+from data_prep.config import ConfigError, Section, read_yaml, validate
 
 
-def add_prep_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prep", help="tokenize, pack and shard domain sources; validate prepared domains",
                        description="Tokenize a domain source, pack it to seq_len with EOS between documents, split "
                                    "train/val/test by document hash, and write MDS shards plus manifest.json.")
@@ -64,41 +64,50 @@ def _options(spec: dict, quiet: bool):
                        overwrite=bool(spec.get("overwrite", False)), progress=not quiet)
 
 
-def _specs_from_yaml(path: str) -> list[dict]:
-    from data_prep.prepare import PrepError
+class PrepDefaults(Section):
+    """Keys a domain may set, or the file may set once for all domains (None: not set here)."""
+    out: str | None = None
+    tokenizer: str | None = None
+    seq_len: int | None = Field(default=None, gt=1)
+    text_field: str | None = None
+    min_chars: int | None = Field(default=None, ge=0)
+    dedup: bool | None = None
+    compression: str | None = None
+    size_limit: str | int | None = None
+    val: float | None = Field(default=None, ge=0, lt=1)
+    test: float | None = Field(default=None, ge=0, lt=1)
+    workers: int | None = Field(default=None, ge=0)
+    overwrite: bool | None = None
 
-    try:
-        tree = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise PrepError(f"{path}: cannot read prep YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(tree, dict) or not isinstance(tree.get("domains"), list) or not tree["domains"]:
-        raise PrepError(f"{path}: needs a non-empty 'domains' list")
-    top_keys = {"out", "tokenizer", "seq_len", "domains"} | PER_DOMAIN
-    unknown = set(tree) - top_keys
-    if unknown:
-        raise PrepError(f"{path}: unknown key(s) {sorted(unknown)}")
-    defaults = {k: v for k, v in tree.items() if k != "domains"}
+
+class PrepDomain(PrepDefaults):
+    name: str
+    source: str
+
+
+class PrepFile(PrepDefaults):
+    domains: list[PrepDomain] = Field(min_length=1)
+
+
+def _specs_from_yaml(path: str) -> list[dict]:
+    prep = validate(PrepFile, read_yaml(path), "prep")
+    defaults = prep.model_dump(exclude_none=True, exclude={"domains"})
     specs = []
-    for i, d in enumerate(tree["domains"]):
-        if not isinstance(d, dict):
-            raise PrepError(f"{path}: domains[{i}] is not a mapping")
-        bad = set(d) - (top_keys - {"domains"}) - {"name", "source"}
-        if bad:
-            raise PrepError(f"{path}: domains[{i}]: unknown key(s) {sorted(bad)}")
-        spec = {**defaults, **d}
-        for key in ("name", "source", "out", "tokenizer", "seq_len"):
+    for i, d in enumerate(prep.domains):
+        spec = {**defaults, **d.model_dump(exclude_none=True)}
+        for key in ("out", "tokenizer", "seq_len"):
             if key not in spec:
-                raise PrepError(f"{path}: domains[{i}] has no '{key}' (set it there or at the top)")
+                raise ConfigError(f"prep key 'domains.{i}.{key}': required (set it there or at the top)")
         specs.append(spec)
     names = [s["name"] for s in specs]
     if len(set(names)) != len(names):
-        raise PrepError(f"{path}: duplicate domain names")
+        raise ConfigError(f"{path}: duplicate domain names")
     return specs
 
 
 def _validate(dirs: list[str], tokenizer: str | None) -> int:
     from data_prep.manifest import MANIFEST, tokenizer_fingerprint
-    from data_prep.prepare import load_tokenizer
+    from data_prep.tokenize import load_tokenizer
     from data_prep.validate import validate_domain
 
     fp = tokenizer_fingerprint(load_tokenizer(tokenizer)) if tokenizer else None

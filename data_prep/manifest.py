@@ -11,11 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import OdysseyError
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(OdysseyError, ValueError):
     """A prepared domain that is missing, incomplete or made for another tokenizer."""
 
 

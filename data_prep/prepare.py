@@ -22,10 +22,11 @@ from data_prep.manifest import FORMAT_VERSION, MANIFEST, tokenizer_fingerprint, 
 from data_prep.pack import SPLITS, Packer, SplitFractions, split_of, text_digest
 from data_prep.shards import SplitWriters
 from data_prep.sources import HF_PREFIX, SourceError, iter_docs, sha256_file, source_files, source_kind
-from data_prep.tokenize import batches, encode_all
+from data_prep.tokenize import batches, encode_all, load_tokenizer
+from data_prep.errors import OdysseyError
 
 
-class PrepError(ValueError):
+class PrepError(OdysseyError, ValueError):
     """Prep cannot produce a usable domain (empty split, bad tokenizer, existing output)."""
 
 
@@ -44,20 +45,6 @@ class PrepOptions:
     workers: int = field(default_factory=default_workers)  # tokenizer processes; 0 tokenizes in this process
     overwrite: bool = False
     progress: bool = True
-
-
-def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
-
-    try:
-        tok = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise PrepError(f"cannot load tokenizer from {path}: {str(err).splitlines()[0]}") from None
-    if not tok.is_fast:
-        raise PrepError(f"tokenizer at {path} is not a fast tokenizer")
-    if tok.eos_token_id is None:
-        raise PrepError(f"tokenizer at {path} has no EOS token; packing needs one between documents")
-    return tok
 
 
 def prepare_domain(source: str | Path, out_dir: str | Path, domain: str, tokenizer_path: str, seq_len: int,
@@ -198,4 +185,4 @@ def _rel(f: Path, source) -> str:
     return f.relative_to(base).as_posix() if base.is_dir() else f.name
 
 
-__all__ = ["prepare_domain", "PrepOptions", "PrepError", "SourceError", "load_tokenizer"]
+__all__ = ["prepare_domain", "PrepOptions", "PrepError", "SourceError"]

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from data_prep.errors import OdysseyError
+
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".py", ""}
 HF_PREFIX = "hf://"
 
 
-class SourceError(ValueError):
+class SourceError(OdysseyError, ValueError):
     """A source that cannot be read: one line naming the path and what is wrong."""
 
 

@@ -7,20 +7,25 @@ tokenizer as its JSON (`tokenizers.Tokenizer.from_str`), which loads in millisec
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+
+from data_prep.config import ConfigError
+from data_prep.errors import OdysseyError
 
 _TOKENIZER = None
 _EOS = -1
 
 
-class TokenizeError(RuntimeError):
+class TokenizeError(OdysseyError, RuntimeError):
     """A tokenizer worker died (killed, out of memory, or its tokenizer would not load): one line, nothing written."""
 
 
@@ -95,3 +100,25 @@ def encode_all(work: Iterable[Batch], tokenizer_json: str, eos_id: int, workers:
         except BrokenProcessPool:
             raise TokenizeError("a tokenizer worker process died (killed, out of memory, or the tokenizer failed to "
                                 "load in it); nothing was written") from None
+
+
+HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def load_tokenizer(path: str, what: str = "tokenizer", trust_remote_code: bool = False):
+    """The fast tokenizer at `path` (a local folder, or a hub name `org/model` where the machine is online), with the
+    EOS token that packing puts between documents. `what` names the setting in the error (e.g. model.path)."""
+    from transformers import AutoTokenizer
+
+    path = str(path)
+    if not Path(path).exists() and not HUB_NAME.fullmatch(path):
+        raise ConfigError(f"{what} not found: {path} (a local model folder, or a hub name like org/model)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:  # offline hub name, missing files, gated repo, not a tokenizer
+        raise ConfigError(f"{what} {path}: cannot load a tokenizer ({str(err).splitlines()[0][:200]})") from None
+    if not tok.is_fast:
+        raise ConfigError(f"{what} {path}: not a fast tokenizer")
+    if tok.eos_token_id is None:
+        raise ConfigError(f"{what} {path}: the tokenizer has no EOS token; packing needs one between documents")
+    return tok

@@ -19,7 +19,8 @@ SEQ_LEN = 256
 
 def prep_domains(texts: dict[str, Path], model: Path, out: Path) -> None:
     from data_prep.manifest import ManifestError, read_manifest, tokenizer_fingerprint
-    from data_prep.prepare import PrepOptions, load_tokenizer, prepare_domain
+    from data_prep.prepare import PrepOptions, prepare_domain
+    from data_prep.tokenize import load_tokenizer
 
     fp = tokenizer_fingerprint(load_tokenizer(str(model)))
     for name, src in texts.items():
@@ -51,7 +52,7 @@ def main() -> int:
     shutil.rmtree(out / "study", ignore_errors=True)  # the demo is one fresh study each time
     (out / "study.yaml").write_text(study_yaml)
     say(f"assets ready in {time.time() - started:.0f}s (cache: {CACHE}); running the study")
-    rc = subprocess.call([sys.executable, "-m", "trainer.cli", "study", str(out / "study.yaml")])
+    rc = subprocess.call([sys.executable, "-m", "odyssey", "study", str(out / "study.yaml")])
     if rc:
         say(f"the study failed (exit {rc})")
         return rc

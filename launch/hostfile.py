@@ -18,8 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from data_prep.errors import OdysseyError
 
-class LaunchError(RuntimeError):
+
+class LaunchError(OdysseyError, RuntimeError):
     """A launch that would fail or hang: one line for the user."""
 
 

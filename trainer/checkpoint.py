@@ -18,11 +18,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data_prep.errors import OdysseyError
+
 COMPLETE = "COMPLETE"
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(OdysseyError, RuntimeError):
     """A checkpoint that cannot be resumed from: one line naming the folder and the problem."""
 
 

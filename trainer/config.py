@@ -9,15 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from data_prep.config import ConfigError, Section, read_yaml, set_dotted, validate
 
-class ConfigError(ValueError):
-    """A bad config: the message is one line that names the key."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+__all__ = ["Config", "ConfigError", "Section", "config_from_dict", "load_config"]
 
 
 class ModelCfg(Section):
@@ -38,8 +34,8 @@ class StreamCfg(Section):
     proportion: float = Field(default=1.0, gt=0)
 
 
-class DataCfg(Section):
-    streams: list[StreamCfg] = Field(min_length=1)
+class DataOptions(Section):
+    """How the streams are read (a study sets the streams per domain and takes these from its `train.data`)."""
     seq_len: int | None = Field(default=None, gt=1)  # must equal the shards' seq_len; None takes it from the manifests
     micro_batch: int = Field(default=1, gt=0)
     # loader worker processes per rank; None: on a GPU min(4, CPU cores / local ranks), on CPU 0 (the cores train)
@@ -47,6 +43,10 @@ class DataCfg(Section):
     shuffle: bool = True
     verify_hashes: bool = True  # at start-up, hash every local shard file against its index (xxh64, IO-bound)
     cache_dir: str | None = None  # local copies of remote shards; default <run.out_dir>/.shard_cache
+
+
+class DataCfg(DataOptions):
+    streams: list[StreamCfg] = Field(min_length=1)
 
 
 class OptimCfg(Section):
@@ -74,11 +74,10 @@ class RunCfg(Section):
     max_steps: int | None = Field(default=None, gt=0)
     max_tokens: int | None = Field(default=None, gt=0)  # rounded up to whole steps
     epochs: float | None = Field(default=None, gt=0)  # passes over the training mixture
-    # Save a checkpoint and exit cleanly at this step, with the schedule still planned for max_steps (split a run
-    # across jobs of fixed length; tests use it to compare a resumed run with an uninterrupted one).
+    # Save a checkpoint and exit cleanly at this step, the LR schedule still planned for the whole run: a long run
+    # split across jobs of a fixed length, each resumed with --resume auto.
     halt_at_step: int | None = Field(default=None, gt=0)
     log_interval: int = Field(default=1, gt=0)
-
 
     @model_validator(mode="after")
     def _one_stop(self) -> "RunCfg":
@@ -163,55 +162,21 @@ class Config(Section):
         return list(seen.values())
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        if not isinstance(node.get(k), dict):
-            if k in node:
-                raise ConfigError(f"override {dotted}: '{k}' is not a section")
-            node[k] = {}
-        node = node[k]
-    node[keys[-1]] = value
-
-
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override '{item}' is not of the form dotted.key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
+        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw != "" else "")
     return tree
 
 
-def _format_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"config key '{key}': {msg}{more}"
-
-
 def config_from_dict(tree: dict) -> Config:
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+    return validate(Config, tree)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of sections")
-    return config_from_dict(apply_overrides(tree, overrides or []))
+    return config_from_dict(apply_overrides(read_yaml(path), overrides or []))
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

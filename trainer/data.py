@@ -72,12 +72,21 @@ def check_domains(cfg: Config, tokenizer_fp: dict) -> tuple[dict[str, Domain], i
 
 
 SAMPLE_ID = "_sample_id"
+IGNORE = -100  # label of a position that takes no loss (transformers' ignore_index)
 
 
-def _collate(batch: list[dict]) -> tuple[torch.Tensor, np.ndarray]:
-    """(tokens [micro_batch, seq_len] int64, the samples' global ids for the ledger)."""
-    tokens = torch.from_numpy(np.stack([b[TOKENS] for b in batch]).astype(np.int64))
-    return tokens, np.array([b[SAMPLE_ID] for b in batch], dtype=np.int64)
+def lm_batch(tokens: np.ndarray) -> dict[str, torch.Tensor]:
+    """Continued pretraining: every position is a target, so labels = input_ids. A fine-tuning mode builds its own
+    batches with labels = IGNORE outside the target; the loop and evaluation take whatever labels come."""
+    input_ids = torch.from_numpy(tokens.astype(np.int64))
+    return {"input_ids": input_ids, "labels": input_ids}
+
+
+def _collate(batch: list[dict]) -> dict:
+    """{input_ids, labels: [micro_batch, seq_len] int64, sample_ids: the samples' global ids for the ledger}."""
+    out = lm_batch(np.stack([b[TOKENS] for b in batch]))
+    out["sample_ids"] = np.array([b[SAMPLE_ID] for b in batch], dtype=np.int64)
+    return out
 
 
 def _dataset_class():
@@ -131,7 +140,7 @@ class Batches:
         self.epoch = 0
         self._it = None
 
-    def __next__(self) -> tuple[torch.Tensor, np.ndarray]:
+    def __next__(self) -> dict:
         if self._it is None:
             self._it = iter(self.loader)
         try:
@@ -148,7 +157,7 @@ def open_eval_sets(domains: dict[str, Domain], split: str) -> dict[str, object]:
 
 
 def eval_batches(ds, rank: int, world: int, micro_batch: int, max_samples: int | None):
-    """This rank's eval batches of (tokens, weight, sample index). Every rank yields the same number of batches;
+    """This rank's eval batches of (batch, weight, sample index). Every rank yields the same number of batches;
     padding rows repeat sample 0 with weight 0 (index -1), so ZeRO-3's collective forwards line up and padding never
     counts."""
     n = ds.num_samples if max_samples is None else min(ds.num_samples, max_samples)
@@ -158,5 +167,5 @@ def eval_batches(ds, rank: int, world: int, micro_batch: int, max_samples: int |
     for b in range(n_batches):
         ids = mine[b * micro_batch:(b + 1) * micro_batch]
         pad = micro_batch - len(ids)
-        tokens = torch.from_numpy(np.stack([ds[i][TOKENS] for i in ids + [0] * pad]).astype(np.int64))
-        yield tokens, torch.tensor([1.0] * len(ids) + [0.0] * pad), torch.tensor(ids + [-1] * pad)
+        batch = lm_batch(np.stack([ds[i][TOKENS] for i in ids + [0] * pad]))
+        yield batch, torch.tensor([1.0] * len(ids) + [0.0] * pad), torch.tensor(ids + [-1] * pad)

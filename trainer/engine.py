@@ -6,6 +6,7 @@ already partitioned and no rank ever holds a full copy.
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import math
 import os
@@ -14,16 +15,22 @@ from typing import Any
 
 import torch
 
+from data_prep.config import set_dotted
 from trainer.config import Config, ConfigError
 from trainer.model import resolve_dtype
 
-DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
-
 
 def resolve_ds_path(name_or_path: str) -> Path:
+    """A user's JSON by path, or a name of the JSONs shipped in the installed `ds_configs` package (zero3, ...)."""
     path = Path(name_or_path)
     if path.suffix != ".json":
-        path = DS_CONFIG_DIR / f"{name_or_path}.json"
+        shipped = importlib.resources.files("ds_configs") / f"{name_or_path}.json"
+        path = Path(str(shipped))
+        if not shipped.is_file():
+            names = sorted(f.name[:-5] for f in importlib.resources.files("ds_configs").iterdir()
+                           if f.name.endswith(".json"))
+            raise ConfigError(f"deepspeed.config: no shipped DeepSpeed config '{name_or_path}' "
+                              f"(shipped: {', '.join(names)}; or give a path to a .json)")
     if not path.is_file():
         raise ConfigError(f"deepspeed.config: no DeepSpeed JSON at {path}")
     return path
@@ -53,13 +60,6 @@ def _fill(node: dict, key: str, value: Any, where: str, conflicts: list[str]) ->
         node[key] = value
     elif current != value and not (isinstance(value, (list, tuple)) and list(current) == list(value)):
         conflicts.append(f"{where}.{key}={current!r} (config says {value!r})")
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for k in parents:
-        tree = tree.setdefault(k, {})
-    tree[last] = value
 
 
 def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None) -> dict:
@@ -100,7 +100,7 @@ def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None)
     if conflicts:
         raise ConfigError(f"deepspeed.config {path.name} conflicts with the Odyssey config: {'; '.join(conflicts)}")
     for dotted, value in cfg.deepspeed.overrides.items():
-        _set_dotted(ds, dotted, value)
+        set_dotted(ds, dotted, value)
     if dtype == "bf16" and zero.get("stage", 0) in (1, 2):
         # a non-finite gradient must skip the step (the bad-loss policy relies on it); ZeRO-1/2 check it in bf16
         # only when asked (ZeRO-3 and fp32 always do)
@@ -200,7 +200,9 @@ def choose_optimizer(ds: dict, device: torch.device) -> str:
 
 
 def build_engine(cfg: Config, ds_config: dict, load_model, total_steps: int):
-    """Load the model under ZeRO-3 sharded init and wrap it. Returns (engine, optimizer, scheduler, dschf)."""
+    """Load the model under ZeRO-3 sharded init and wrap it. Returns (engine, LR scheduler, zero3_init): keep
+    `zero3_init` (transformers' HfDeepSpeedConfig, None below ZeRO-3) for the life of the run, since transformers
+    asks it whether ZeRO-3 is on whenever it touches the model's parameters."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 
@@ -212,11 +214,11 @@ def build_engine(cfg: Config, ds_config: dict, load_model, total_steps: int):
         raise RuntimeError("ZeRO-3 sharded init did not apply while loading the model (HfDeepSpeedConfig inactive)")
     schedule = LrSchedule(cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
     # A callable scheduler is bound to DeepSpeed's wrapped optimizer, stepped by engine.step() and saved in checkpoints.
-    engine, optimizer, _, scheduler = deepspeed.initialize(
+    engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
-    return engine, optimizer, scheduler, dschf
+    return engine, scheduler, dschf
 
 
 def parameter_counts(model) -> tuple[int, int]:

@@ -5,20 +5,20 @@ With `per_token=True` each domain's per-token losses and targets are also assemb
 ([samples, seq_len-1], one all-reduce each), for the token statistics against the base model."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainer.data import eval_batches
+from analysis.metrics import perplexity
+from trainer.data import IGNORE, eval_batches
 
 
-def token_losses(model, tokens: torch.Tensor) -> torch.Tensor:
-    """Next-token cross-entropy per position: [batch, seq_len - 1], fp32."""
-    logits = model(input_ids=tokens).logits[:, :-1].float()
-    return F.cross_entropy(logits.transpose(1, 2), tokens[:, 1:], reduction="none")
+def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy per position: [batch, seq_len - 1], fp32; 0 where the label is IGNORE."""
+    logits = model(input_ids=input_ids).logits[:, :-1].float()
+    return F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=IGNORE)
 
 
 @dataclass
@@ -39,10 +39,11 @@ def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int, ma
     full: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, (name, ds) in enumerate(eval_sets.items()):
         n = ds.num_samples if max_samples is None else min(ds.num_samples, max_samples)
-        for tokens, weight, idx in eval_batches(ds, rank, world, micro_batch, max_samples):
-            tokens = tokens.to(device, non_blocking=True)
-            losses = token_losses(model, tokens)
-            w = weight.to(device)[:, None].expand_as(losses)
+        for batch, weight, idx in eval_batches(ds, rank, world, micro_batch, max_samples):
+            input_ids = batch["input_ids"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            losses = token_losses(model, input_ids, labels)
+            w = weight.to(device)[:, None] * (labels[:, 1:] != IGNORE)  # padding rows and IGNORE labels weigh 0
             sums[i, 0] += (losses.double() * w).sum()
             sums[i, 1] += w.sum()
             if per_token:
@@ -52,7 +53,7 @@ def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int, ma
                                   torch.zeros(shape, dtype=torch.float32, device=device))
                 real = (weight > 0).to(device)
                 rows = idx.to(device)[real]
-                full[name][0][rows] = tokens[real, 1:]
+                full[name][0][rows] = labels[real, 1:]
                 full[name][1][rows] = losses[real].float()
     if world > 1:
         torch.distributed.all_reduce(sums)
@@ -64,7 +65,7 @@ def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int, ma
     for i, name in enumerate(eval_sets):
         loss = (sums[i, 0] / sums[i, 1]).item()
         targets, losses = full.get(name, (None, None))
-        out[name] = DomainEval(loss, math.exp(min(loss, 80.0)), int(sums[i, 1].item()),
+        out[name] = DomainEval(loss, perplexity(loss), int(sums[i, 1].item()),
                                None if targets is None else targets.cpu().numpy(),
                                None if losses is None else losses.cpu().numpy())
     return out

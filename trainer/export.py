@@ -14,8 +14,6 @@ import yaml
 from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
 
-DTYPES = ("fp32", "bf16", "fp16")
-
 
 def locate(ckpt: Path) -> tuple[Path, str, Path]:
     """(checkpoints root, tag, run folder) from a step folder, a checkpoints folder or a run folder."""

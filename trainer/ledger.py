@@ -2,8 +2,8 @@
 
 One file per rank, `<run_dir>/ledger/rank<R>.bin`, a flat array of (step int32, sample_id int64) records; a micro-batch
 skipped for a bad loss is recorded with step = -(the step it was drawn for). `sample_id`
-is the global id in the training StreamingDataset (streams concatenated in config order); `describe()` maps it to
-(stream, shard, index in shard). Records are flushed at each checkpoint. On resume, records past the checkpoint's step
+is the global id in the training StreamingDataset (streams concatenated in config order; its `spanner` maps an id
+to (shard, index in shard)). Records are flushed at each checkpoint. On resume, records past the checkpoint's step
 (consumed by a run that died before its next checkpoint) are dropped, since those steps are replayed.
 """
 from __future__ import annotations
@@ -50,9 +50,3 @@ def read(run_dir: Path) -> dict[int, np.ndarray]:
     for p in sorted((Path(run_dir) / "ledger").glob("rank*.bin")):
         out[int(p.stem[4:])] = np.fromfile(p, dtype=RECORD)
     return out
-
-
-def describe(dataset, sample_id: int) -> dict:
-    """(stream, shard, index in shard) of a global sample id, from the StreamingDataset that produced it."""
-    shard_id, index = dataset.spanner[int(sample_id)]
-    return {"stream": int(dataset.stream_per_shard[shard_id]), "shard": int(shard_id), "index": int(index)}

@@ -15,6 +15,22 @@ from trainer.config import Config, ConfigError
 GIB = 2**30
 
 
+def tokens_per_step(cfg: Config, seq_len: int, world_size: int) -> int:
+    return cfg.data.micro_batch * cfg.optim.accumulation * world_size * seq_len
+
+
+def total_steps(cfg: Config, step_tokens: int, samples_per_rank: int | None) -> int | None:
+    """Optimizer steps the run (and its LR schedule) spans: run.max_steps, or run.max_tokens rounded up to whole
+    steps, or run.epochs over each rank's share of the training mixture (None while that share is unknown)."""
+    if cfg.run.max_steps:
+        return cfg.run.max_steps
+    if cfg.run.max_tokens:
+        return max(1, -(-cfg.run.max_tokens // step_tokens))
+    if samples_per_rank is None:
+        return None
+    return max(1, int(cfg.run.epochs * samples_per_rank) // (cfg.data.micro_batch * cfg.optim.accumulation))
+
+
 def model_shape(model_path: str, trust_remote_code: bool = False) -> tuple[int, int]:
     """(total parameters, parameters of the largest single module) of the model in config.json, built on meta."""
     import torch
@@ -61,19 +77,11 @@ def plan(cfg: Config, world_size: int, gpus_per_node: int, seq_len: int, train_s
     hidden = getattr(AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code),
                      "hidden_size", None)
     ds = fill_ds_config(cfg, world_size, hidden)
-    tokens_per_step = cfg.data.micro_batch * cfg.optim.accumulation * world_size * seq_len
-    if cfg.run.max_steps:
-        steps = cfg.run.max_steps
-    elif cfg.run.max_tokens:
-        steps = math.ceil(cfg.run.max_tokens / tokens_per_step)
-    elif train_samples is not None:
-        per_rank = math.ceil(train_samples / world_size)
-        steps = int(cfg.run.epochs * per_rank) // (cfg.data.micro_batch * cfg.optim.accumulation)
-    else:
-        steps = None
+    step_tokens = tokens_per_step(cfg, seq_len, world_size)
+    steps = total_steps(cfg, step_tokens, None if train_samples is None else math.ceil(train_samples / world_size))
     return {"world_size": world_size, "gpus_per_node": gpus_per_node, "nodes": world_size // gpus_per_node,
-            "seq_len": seq_len, "tokens_per_step": tokens_per_step, "total_steps": steps,
-            "total_tokens": steps * tokens_per_step if steps else None, "params": total, "largest_layer_params": largest,
+            "seq_len": seq_len, "tokens_per_step": step_tokens, "total_steps": steps,
+            "total_tokens": steps * step_tokens if steps else None, "params": total, "largest_layer_params": largest,
             "memory": memory_estimate(ds, total, largest, gpus_per_node, world_size // gpus_per_node),
             "ds_config": ds}
 

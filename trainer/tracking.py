@@ -1,4 +1,4 @@
-"""MLflow from rank 0 only. Other ranks get a Tracker whose methods do nothing, so the loop needs no rank checks.
+"""What a run reports: MLflow from rank 0 only, and console lines from rank 0 (`log`). Other ranks get a Tracker whose methods do nothing, so the loop needs no rank checks.
 Metrics are written by a background thread, so a training step never waits for the store (a sqlite write or a server
 round trip per step is several percent of a GPU step); `flush()` and `end()` wait for them and raise what failed.
 
@@ -18,6 +18,12 @@ from trainer.config import flatten
 PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value
 PARAM_KEY_MAX = 250
 SECRET_WORDS = ("token", "secret", "password", "key", "credential")
+
+
+def log(rank: int, msg: str) -> None:
+    """A console line of the run, from rank 0 only."""
+    if rank == 0:
+        print(f"[odyssey] {msg}", flush=True)
 
 
 def default_tracking_uri(run_dir: Path, uri: str | None = None) -> str:

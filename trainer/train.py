@@ -1,7 +1,10 @@
-"""The training loop, top to bottom: build → baseline eval → for each step: batch, forward, backward, step, log, maybe
-eval, maybe save. One process per device, started by `deepspeed`, srun or torchrun (or alone, as a world of one).
+"""The training loop. A `Trainer` is built once (data checks, loader, model under ZeRO-3, engine, eval sets,
+tracker); `fit()` evaluates the base model, then repeats `train_step()` and, on schedule, `evaluate(step)` and
+`save(step)`. One process per device, started by `deepspeed`, srun or torchrun (or alone, as a world of one).
 
     deepspeed --num_gpus 2 -m trainer.train CONFIG.yaml [dotted.key=value ...] [--resume auto]
+
+A batch is {input_ids, labels, sample_ids}; labels are -100 where no loss is taken (continued pretraining: none).
 """
 from __future__ import annotations
 
@@ -18,41 +21,24 @@ import numpy as np
 import torch
 import yaml
 
+from data_prep.errors import guarded
 from data_prep.manifest import tokenizer_fingerprint
 from trainer import checkpoint
 from trainer.config import Config, ConfigError, load_config
 from trainer.data import Batches, build_train_loader, check_domains, open_eval_sets
 from trainer.engine import build_engine, choose_optimizer, fill_ds_config, init_distributed, parameter_counts
-from trainer.step_stats import StepStats
-from trainer.evaluate import evaluate
 from trainer.ledger import Ledger
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
 from trainer.model import load_model, load_tokenizer, resolve_dtype
-from trainer.baseline import BaselineCache, model_hash
-from trainer.plots import degradation_curves, token_report
-from trainer.tokenstats import FUNCTION_WORDS, Vocab, summarize, table_frame
+from trainer.plan import tokens_per_step, total_steps
 from trainer.preempt import StopRequest
-from trainer.tracking import Tracker, params_for
-
-FINISHED = "FINISHED"  # in the run folder, written once the run reached its last step
+from trainer.state import FINISHED, RunState
+from trainer.step_stats import StepStats
+from trainer.tracking import Tracker, log, params_for
+from trainer.validator import Validator
 
 # torch 2.14 deprecates the collectives DeepSpeed 0.19 calls on every step; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
-
-
-def log(rank: int, msg: str) -> None:
-    if rank == 0:
-        print(f"[odyssey] {msg}", flush=True)
-
-
-def eval_metrics(results: dict, baseline: dict) -> dict[str, float]:
-    out = {}
-    for name, r in results.items():
-        out[f"eval/{name}/loss"] = r.loss
-        out[f"eval/{name}/ppl"] = r.ppl
-        out[f"eval/{name}/ppl_ratio"] = r.ppl / baseline[name]["ppl"]
-        out[f"eval/{name}/delta_loss"] = r.loss - baseline[name]["loss"]
-    return out
 
 
 def eval_steps(cfg: Config, max_steps: int) -> set[int]:
@@ -65,269 +51,238 @@ def eval_steps(cfg: Config, max_steps: int) -> set[int]:
     return {max_steps}
 
 
-def log_token_stats(results: dict, step: int, base_cache: BaselineCache, vocab: Vocab, top_k: int, run_dir,
-                    tracker: Tracker) -> dict[str, float]:
-    """Rank 0: cache the baseline at step 0; afterwards compare token by token and log tables, plots, scalars."""
-    metrics: dict[str, float] = {}
-    for name, r in results.items():
-        if step == 0:
-            meta = base_cache.save(name, r.targets, r.losses)
-            tracker.set_tag(f"baseline.{name}.eval_set_hash", meta["eval_set_hash"])
-            tracker.set_tag(f"baseline.{name}.tokens", meta["tokens"])
-            tracker.set_tag("baseline.model_hash", meta["model_hash"])
-            continue
-        base = base_cache.load(name, r.targets)
-        if base is None:
-            print(f"[odyssey] no step-0 baseline cached for '{name}' matching this eval set; token stats skipped")
-            continue
-        summary = summarize(r.targets, base, r.losses, vocab, top_k)
-        metrics[f"tokens/{name}/topk_share"] = summary["topk_share"]
-        for cat, share in summary["category_share"].items():
-            metrics[f"tokens/{name}/cat/{cat}_share"] = share
-        folder = run_dir / "tokens" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        table_frame(summary, vocab).to_parquet(folder / f"step_{step}.parquet", index=False)
-        keep = ("total_delta", "tokens", "topk_share", "category_share", "category_count", "top_degrading",
-                "top_improving", "position")
-        (folder / f"step_{step}.json").write_text(json.dumps({k: summary[k] for k in keep}, indent=1))
-        token_report(summary, name, step, folder / f"step_{step}.png")
-        for suffix in ("parquet", "json", "png"):
-            tracker.log_artifact(folder / f"step_{step}.{suffix}", f"tokens/{name}")
-    return metrics
+class Trainer:
+    def __init__(self, cfg: Config, resume: str | None = None):
+        self.rank, self.world, self.device = init_distributed()
+        # every rank says where it runs: on a multi-node launch this is the proof each node took part
+        print(f"[odyssey] rank {self.rank}/{self.world} (local {os.environ.get('LOCAL_RANK', '0')}) on "
+              f"{socket.gethostname()} pid {os.getpid()}, master {os.environ.get('MASTER_ADDR')}:"
+              f"{os.environ.get('MASTER_PORT')}", flush=True)
+        random.seed(cfg.run.seed + self.rank)
+        np.random.seed(cfg.run.seed + self.rank)
+        torch.manual_seed(cfg.run.seed)
+        cfg.model.dtype = resolve_dtype(cfg.model.dtype)  # `auto` → what this device runs best; config.yaml says which
+        self.cfg, self.run_dir = cfg, cfg.run_dir
+        self.ckpt_root = self.run_dir / "checkpoints"
+        self.stop_request = StopRequest()
+        self.state = RunState()
+        tokenizer = load_tokenizer(cfg.model)  # data checks first: cheap, and they fail before any weight loads
+        self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer))
+        tag = checkpoint.starting_tag(self.ckpt_root, resume, self.world)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not tag:
+                (self.run_dir / FINISHED).unlink(missing_ok=True)
+        self._build_engine()
+        self.ledger = Ledger(self.run_dir, self.rank)
+        if tag:
+            self._resume(tag)
+        else:
+            self.ledger.truncate_after(0)  # a fresh start owns the run folder: no records of an unfinished attempt
+        self.tracker = Tracker(self.run_dir, cfg.tracking.experiment, enabled=self.rank == 0, uri=cfg.tracking.uri)
+        self.state.mlflow_run_id = self.tracker.start(cfg.tracking.run_name or cfg.run.name, self.state.mlflow_run_id,
+                                                      tags=cfg.tracking.tags)
+        if self.rank == 0 and not tag:
+            self._record_run()
+        self.validator = Validator(cfg, open_eval_sets(self.domains, cfg.eval.split), self.rank, self.world,
+                                   self.device, tokenizer, self.tracker, self.run_dir)
+        self.evals_at = eval_steps(cfg, self.max_steps)
+        self.stats = StepStats(self.device, self.world, cfg.optim.spike_factor)
+        self._announce()
 
+    def _build_engine(self) -> None:
+        """The loader first (its length sets the step count of an epochs-based run), then the model under ZeRO-3."""
+        from transformers import AutoConfig
 
-def skipped_step(cfg: Config, state: dict, engine, n_bad: int, sample_ids: np.ndarray, ledger: Ledger,
-                 tracker: Tracker, rank: int) -> str | None:
-    """A step whose update DeepSpeed skipped; its samples were consumed, not trained on (ledger step -N). Bad losses
-    count against optim.bad_loss / max_skipped; a skip DeepSpeed made on its own (non-finite gradients from a finite
-    loss, an fp16 loss-scale overflow) does not. Returns why the run must stop, or None."""
-    attempt = state["step"] + 1
-    ledger.record(-attempt, sample_ids)
-    if not n_bad:
-        log(rank, f"step {attempt}: DeepSpeed skipped the update (non-finite gradients); the step is repeated")
-        return None
-    if engine.was_step_applied():
-        raise ConfigError(f"step {attempt}: DeepSpeed applied an update from a bad loss; this DeepSpeed config does not "
-                          f"skip non-finite steps (use ZeRO stage 1-3, or bf16/fp16)")
-    state["skipped"] += 1
-    log(rank, f"step {attempt}: bad loss in {n_bad} micro-batch(es), update skipped ({state['skipped']} so far)")
-    tracker.log_metrics({"train/skipped_steps": state["skipped"]}, attempt)
-    if cfg.optim.bad_loss == "stop" or state["skipped"] > cfg.optim.max_skipped:
-        return f"bad loss (optim.bad_loss={cfg.optim.bad_loss}, {state['skipped']} skipped)"
-    return None
+        cfg = self.cfg
+        self.hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        self.ds_config = fill_ds_config(cfg, self.world, getattr(self.hf_config, "hidden_size", None))
+        self.optimizer_choice = choose_optimizer(self.ds_config, self.device)
+        self.loader = build_train_loader(cfg, self.domains, self.device)
+        self.batches = Batches(self.loader)
+        self.tokens_per_step = tokens_per_step(cfg, self.seq_len, self.world)
+        self.max_steps = total_steps(cfg, self.tokens_per_step, len(self.loader.dataset))
+        self.engine, self.scheduler, self.zero3_init = build_engine(cfg, self.ds_config, lambda: load_model(cfg.model),
+                                                                   self.max_steps)
+        if self.engine.device != self.device:
+            raise RuntimeError(f"DeepSpeed placed the engine on {self.engine.device}, this rank chose {self.device}")
+        self.n_params, self.n_local = parameter_counts(self.engine.module)
+        self.flops_token = flops_per_token(self.hf_config, self.n_params, self.seq_len)
+        self.peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops(cfg.model.dtype)
+        self.meter = Meter(self.tokens_per_step, self.world, self.flops_token, self.peak_tflops)
 
+    def _resume(self, tag: str) -> None:
+        t0 = time.time()
+        saved = checkpoint.load(self.engine, self.ckpt_root, tag, self.rank, self.world)
+        self.state = RunState.from_dict(saved)
+        self.loader.load_state_dict(saved["loader"])
+        self.ledger.truncate_after(self.state.step)  # steps after the checkpoint are replayed
+        log(self.rank, f"resumed from {self.ckpt_root / tag} at step {self.state.step} ({self.state.tokens_seen:,} "
+                       f"tokens seen; loaded in {time.time() - t0:.1f}s)")
 
-def log_step(state: dict, loss: float, engine, scheduler, epoch: int, meter: Meter, tracker: Tracker, rank: int,
-             max_steps: int) -> None:
-    """Throughput over the steps since the last log (eval and checkpoint time excluded), loss, LR, grad norm, MFU."""
-    step = state["step"]
-    tokens_per_s, util = meter.read()
-    metrics = {"train/loss": loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_per_s,
-               "train/tokens_per_s_per_device": tokens_per_s / meter.world, "train/tokens_seen": state["tokens_seen"],
-               "train/epoch": epoch}
-    grad_norm = engine.get_global_grad_norm()  # a device scalar under ZeRO: read on log steps only
-    if grad_norm is not None:
-        metrics["train/grad_norm"] = float(grad_norm)
-    if util is not None:
-        metrics["train/mfu"] = util
-    tracker.log_metrics(metrics, step)
-    log(rank, f"step {step}/{max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} {tokens_per_s:,.0f} tok/s"
-              + (f" mfu {util:.1%}" if util is not None else ""))
-
-
-def total_steps(cfg: Config, tokens_per_step: int, samples_per_rank_epoch: int) -> int:
-    if cfg.run.max_steps:
-        return cfg.run.max_steps
-    if cfg.run.max_tokens:
-        return max(1, -(-cfg.run.max_tokens // tokens_per_step))
-    return max(1, int(cfg.run.epochs * samples_per_rank_epoch) // (cfg.data.micro_batch * cfg.optim.accumulation))
-
-
-def train(cfg: Config, resume: str | None = None) -> dict:
-    rank, world, device = init_distributed()
-    # every rank says where it runs: on a multi-node launch this is the proof each node took part
-    print(f"[odyssey] rank {rank}/{world} (local {os.environ.get('LOCAL_RANK', '0')}) on {socket.gethostname()} "
-          f"pid {os.getpid()}, master {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}", flush=True)
-    random.seed(cfg.run.seed + rank)
-    np.random.seed(cfg.run.seed + rank)
-    torch.manual_seed(cfg.run.seed)
-    cfg.model.dtype = resolve_dtype(cfg.model.dtype)  # `auto` → what this device runs best; config.yaml records it
-    run_dir = cfg.run_dir
-    ckpt_root = run_dir / "checkpoints"
-    stop_request = StopRequest()
-
-    # --- build: data checks first (cheap), then the loader, then the model under ZeRO-3
-    tokenizer = load_tokenizer(cfg.model)
-    domains, seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer))
-    from transformers import AutoConfig
-
-    hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-    ds_config = fill_ds_config(cfg, world, getattr(hf_config, "hidden_size", None))
-    optimizer_choice = choose_optimizer(ds_config, device)
-    tag = checkpoint.starting_tag(ckpt_root, resume, world)
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not tag:
-            (run_dir / FINISHED).unlink(missing_ok=True)
-    loader = build_train_loader(cfg, domains, device)
-    eval_sets = open_eval_sets(domains, cfg.eval.split)
-    tokens_per_step = cfg.data.micro_batch * seq_len * cfg.optim.accumulation * world
-    max_steps = total_steps(cfg, tokens_per_step, len(loader.dataset))
-    engine, _, scheduler, _dschf = build_engine(cfg, ds_config, lambda: load_model(cfg.model), max_steps)
-    if engine.device != device:
-        raise RuntimeError(f"DeepSpeed placed the engine on {engine.device}, this rank selected {device}")
-    n_params, n_local = parameter_counts(engine.module)
-    flops_token = flops_per_token(hf_config, n_params, seq_len)
-    peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops(cfg.model.dtype)
-    meter = Meter(tokens_per_step, world, flops_token, peak_tflops)
-    eval_mb = cfg.eval.micro_batch or cfg.data.micro_batch
-    ledger = Ledger(run_dir, rank)
-    if not tag:
-        ledger.truncate_after(0)  # a fresh start owns the run folder: no records from an earlier, unfinished attempt
-    evals_at = eval_steps(cfg, max_steps)
-    token_stats = cfg.eval.token_stats and rank == 0
-    if token_stats:
-        words = frozenset(w.lower() for w in cfg.eval.function_words) if cfg.eval.function_words else FUNCTION_WORDS
-        vocab = Vocab.from_tokenizer(tokenizer, words)
-        base_cache = BaselineCache(run_dir, model_hash(cfg.model.path))
-
-    state = {"step": 0, "tokens_seen": 0, "mlflow_run_id": None, "baseline": None, "history": [], "skipped": 0,
-             "loss_ema": None}
-    if tag:
-        t_load = time.time()
-        client = checkpoint.load(engine, ckpt_root, tag, rank, world)
-        state.update({k: client[k] for k in state if k in client})
-        loader.load_state_dict(client["loader"])
-        ledger.truncate_after(state["step"])
-        log(rank, f"resumed from {ckpt_root / tag} at step {state['step']} ({state['tokens_seen']:,} tokens seen; "
-                  f"loaded in {time.time() - t_load:.1f}s)")
-
-    tracker = Tracker(run_dir, cfg.tracking.experiment, enabled=rank == 0, uri=cfg.tracking.uri)
-    state["mlflow_run_id"] = tracker.start(cfg.tracking.run_name or cfg.run.name, state["mlflow_run_id"],
-                                           tags=cfg.tracking.tags)
-    if rank == 0 and not tag:
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        (run_dir / "ds_config.json").write_text(json.dumps(ds_config, indent=2) + "\n")
-        tracker.log_params(params_for(cfg.model_dump(mode="json")))
-        tracker.log_params({"derived.world_size": str(world), "derived.seq_len": str(seq_len),
-                            "derived.tokens_per_step": str(tokens_per_step), "derived.total_steps": str(max_steps),
-                            "derived.params": str(n_params), "derived.params_on_rank0": str(n_local),
-                            "derived.flops_per_token": f"{flops_token:.4g}", "derived.peak_tflops": str(peak_tflops)})
+    def _record_run(self) -> None:
+        """Rank 0 of a fresh run: what ran (resolved config, DeepSpeed JSON, manifests) into the folder and MLflow."""
+        run_dir, tracker = self.run_dir, self.tracker
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        (run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+        tracker.log_params(params_for(self.cfg.model_dump(mode="json")))
+        derived = {"world_size": self.world, "seq_len": self.seq_len, "tokens_per_step": self.tokens_per_step,
+                   "total_steps": self.max_steps, "params": self.n_params, "params_on_rank0": self.n_local,
+                   "flops_per_token": f"{self.flops_token:.4g}", "peak_tflops": self.peak_tflops}
+        tracker.log_params({f"derived.{k}": str(v) for k, v in derived.items()})
         tracker.log_artifact(run_dir / "config.yaml", "config")
         tracker.log_artifact(run_dir / "ds_config.json", "config")
-        for dom in domains.values():
+        for dom in self.domains.values():
             dst = run_dir / "manifests" / f"{dom.name}.json"
             dst.parent.mkdir(exist_ok=True)
             dst.write_text(json.dumps(dom.manifest, indent=2))
             tracker.log_artifact(dst, "manifests")
-    log(rank, f"world {world}, {n_params / 1e6:.1f}M params ({n_local / 1e6:.1f}M on rank 0), seq_len {seq_len}, "
-              f"{tokens_per_step:,} tokens/step, steps {state['step']}→{max_steps}, "
-              f"MLflow run {state['mlflow_run_id']} at {tracker.uri}")
-    log(rank, f"device {device}, {cfg.model.dtype}, attention {engine.module.config._attn_implementation}, "
-              f"{optimizer_choice}, {loader.num_workers} loader worker(s) per rank"
-              + (", pinned batches" if loader.pin_memory else ""))
 
-    def run_eval(step: int) -> None:
+    def _announce(self) -> None:
+        log(self.rank, f"world {self.world}, {self.n_params / 1e6:.1f}M params ({self.n_local / 1e6:.1f}M on rank 0), "
+                       f"seq_len {self.seq_len}, {self.tokens_per_step:,} tokens/step, steps {self.state.step}→"
+                       f"{self.max_steps}, MLflow run {self.state.mlflow_run_id} at {self.tracker.uri}")
+        log(self.rank, f"device {self.device}, {self.cfg.model.dtype}, attention "
+                       f"{self.engine.module.config._attn_implementation}, {self.optimizer_choice}, "
+                       f"{self.loader.num_workers} loader worker(s) per rank"
+                       + (", pinned batches" if self.loader.pin_memory else ""))
+
+    # --- the step
+    def train_step(self) -> tuple[float, int, bool, np.ndarray]:
+        """One optimizer step over `optim.accumulation` micro-batches. The losses stay on the device; the step's one
+        collective (before its last backward) agrees on the mean loss, bad losses and a stop request across ranks.
+        Returns (mean loss, bad micro-batches on all ranks, stop requested, the sample ids consumed)."""
+        accumulation = self.cfg.optim.accumulation
+        used = []
+        self.stats.begin(self.state.loss_ema)
+        for micro in range(accumulation):
+            batch = next(self.batches)
+            used.append(batch.pop("sample_ids"))
+            loss = self.engine(**{k: v.to(self.device, non_blocking=True) for k, v in batch.items()}).loss
+            self.stats.add(loss)
+            if micro == accumulation - 1:  # a bad loss anywhere turns this one into NaN: DeepSpeed skips the update
+                loss = loss * self.stats.agree(self.stop_request.signum is not None)
+            self.engine.backward(loss)
+            self.engine.step()
+        loss, n_bad, stop = self.stats.result(accumulation)
+        return loss, n_bad, stop, np.concatenate(used)
+
+    def _applied(self, loss: float, sample_ids: np.ndarray) -> None:
+        state = self.state
+        state.step += 1
+        state.tokens_seen += self.tokens_per_step
+        state.loss_ema = loss if state.loss_ema is None else 0.9 * state.loss_ema + 0.1 * loss
+        self.ledger.record(state.step, sample_ids)
+        self.meter.steps += 1
+
+    def _skipped(self, n_bad: int, sample_ids: np.ndarray) -> str | None:
+        """A step whose update DeepSpeed skipped; its samples were consumed, not trained on (ledger step -N). Bad
+        losses count against optim.bad_loss / max_skipped; a skip DeepSpeed made on its own (non-finite gradients
+        from a finite loss, an fp16 loss-scale overflow) does not. Returns why the run must stop, or None."""
+        attempt = self.state.step + 1
+        self.ledger.record(-attempt, sample_ids)
+        if not n_bad:
+            log(self.rank, f"step {attempt}: DeepSpeed skipped the update (non-finite gradients); the step is repeated")
+            return None
+        if self.engine.was_step_applied():
+            raise ConfigError(f"step {attempt}: DeepSpeed applied an update from a bad loss; this DeepSpeed config "
+                              f"does not skip non-finite steps (use ZeRO stage 1-3, or bf16/fp16)")
+        self.state.skipped += 1
+        skipped, optim = self.state.skipped, self.cfg.optim
+        log(self.rank, f"step {attempt}: bad loss in {n_bad} micro-batch(es), update skipped ({skipped} so far)")
+        self.tracker.log_metrics({"train/skipped_steps": skipped}, attempt)
+        if optim.bad_loss == "stop" or skipped > optim.max_skipped:
+            return f"bad loss (optim.bad_loss={optim.bad_loss}, {skipped} skipped)"
+        return None
+
+    def log_step(self, loss: float) -> None:
+        """Throughput over the steps since the last log (eval and checkpoint time excluded), loss, LR, grad norm."""
+        step = self.state.step
+        tokens_per_s, util = self.meter.read()
+        metrics = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_per_s,
+                   "train/tokens_per_s_per_device": tokens_per_s / self.world,
+                   "train/tokens_seen": self.state.tokens_seen, "train/epoch": self.batches.epoch}
+        grad_norm = self.engine.get_global_grad_norm()  # a device scalar under ZeRO: read on log steps only
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = float(grad_norm)
+        if util is not None:
+            metrics["train/mfu"] = util
+        self.tracker.log_metrics(metrics, step)
+        log(self.rank, f"step {step}/{self.max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} "
+                       f"{tokens_per_s:,.0f} tok/s" + (f" mfu {util:.1%}" if util is not None else ""))
+
+    # --- eval and save
+    def evaluate(self, step: int) -> None:
+        assert step == self.state.step, "evaluate the step the run is at"
+        self.validator.run(self.engine, self.state)
+        self.engine.train()
+        self.meter.start_clock()  # eval time is not training time
+
+    def save(self, step: int) -> None:
         t0 = time.time()
-        results = evaluate(engine, eval_sets, rank, world, eval_mb, cfg.eval.max_samples, device,
-                           per_token=cfg.eval.token_stats)
-        if state["baseline"] is None:
-            state["baseline"] = {n: {"loss": r.loss, "ppl": r.ppl} for n, r in results.items()}
-        metrics = eval_metrics(results, state["baseline"])
-        metrics["train/tokens_seen"] = state["tokens_seen"]
-        if token_stats:
-            metrics.update(log_token_stats(results, step, base_cache, vocab, cfg.eval.top_k, run_dir, tracker))
-        tracker.log_metrics(metrics, step)
-        state["history"].append({"step": step, "tokens_seen": state["tokens_seen"],
-                                 "ppl": {n: r.ppl for n, r in results.items()},
-                                 "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})
-        table = ", ".join(f"{n} {r.ppl:.2f}" for n, r in results.items())
-        log(rank, f"eval @ step {step} ({time.time() - t0:.1f}s): ppl {table}")
-        meter.start_clock()  # eval time is not training time
-
-    def save(step: int) -> None:
-        t0 = time.time()
-        ledger.flush()
-        client = {k: state[k] for k in state}
-        client["loader"] = loader.state_dict()
-        path = checkpoint.save(engine, ckpt_root, step, client, rank, world)
-        if rank == 0:
-            pruned = checkpoint.prune(ckpt_root, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every)
-            log(rank, f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
-        meter.start_clock()
-
-    if state["step"] == 0:
-        run_eval(0)  # the baseline: the base model before any update
+        self.ledger.flush()
+        client = {**self.state.to_dict(), "loader": self.loader.state_dict()}
+        path = checkpoint.save(self.engine, self.ckpt_root, step, client, self.rank, self.world)
+        if self.rank == 0:
+            pruned = checkpoint.prune(self.ckpt_root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
+            log(self.rank, f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
+        self.meter.start_clock()
 
     # --- the loop
-    batches = Batches(loader)
-    engine.train()
-    stop_at = min(max_steps, cfg.run.halt_at_step or max_steps)
-    stats = StepStats(device, world, cfg.optim.spike_factor)
-    last_save = state["step"]
-    stopped_by = None
-    meter.start_clock()
-    while state["step"] < stop_at:
-        used = []
-        stats.begin(state["loss_ema"])
-        for micro in range(cfg.optim.accumulation):
-            tokens, sample_ids = next(batches)
-            tokens = tokens.to(device, non_blocking=True)
-            loss = engine(input_ids=tokens, labels=tokens).loss
-            stats.add(loss)
-            if micro == cfg.optim.accumulation - 1:  # the step's one collective, before its last backward
-                loss = loss * stats.agree(stop_request.signum is not None)
-            engine.backward(loss)
-            engine.step()
-            used.append(sample_ids)
-        loss, n_bad, stop = stats.result(cfg.optim.accumulation)
-        if n_bad or not engine.was_step_applied():  # DeepSpeed skipped the update: consumed, not trained on
-            stopped_by = skipped_step(cfg, state, engine, n_bad, np.concatenate(used), ledger, tracker, rank)
-            if stopped_by or stop:
-                stopped_by = stopped_by or stop_request.name
+    def fit(self) -> str | None:
+        """Train to the last step (or run.halt_at_step, a signal, a bad-loss stop). Returns what stopped it early."""
+        cfg, state = self.cfg, self.state
+        if state.step == 0:
+            self.evaluate(0)  # the baseline: the base model before any update
+        self.engine.train()
+        stop_at = min(self.max_steps, cfg.run.halt_at_step or self.max_steps)
+        last_save, stopped_by = state.step, None
+        self.meter.start_clock()
+        while state.step < stop_at:
+            loss, n_bad, stop, sample_ids = self.train_step()
+            if n_bad or not self.engine.was_step_applied():  # DeepSpeed skipped the update: consumed, not trained on
+                stopped_by = self._skipped(n_bad, sample_ids) or (self.stop_request.name if stop else None)
+                if stopped_by:
+                    break
+                continue
+            self._applied(loss, sample_ids)
+            step = state.step
+            if step % cfg.run.log_interval == 0 or step == stop_at:
+                self.log_step(loss)
+            if step in self.evals_at:
+                self.evaluate(step)
+            if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
+                self.save(step)
+                last_save = step
+            if stop and step < stop_at:
+                stopped_by = self.stop_request.name
                 break
-            continue
-        state["step"] += 1
-        state["tokens_seen"] += tokens_per_step
-        step = state["step"]
-        ledger.record(step, np.concatenate(used))
-        state["loss_ema"] = loss if state["loss_ema"] is None else 0.9 * state["loss_ema"] + 0.1 * loss
-        meter.steps += 1
-        if step % cfg.run.log_interval == 0 or step == stop_at:
-            log_step(state, loss, engine, scheduler, batches.epoch, meter, tracker, rank, max_steps)
-        if step in evals_at:
-            run_eval(step)
-            engine.train()
-        if cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0:
-            save(step)
-            last_save = step
-        if stop and step < stop_at:
-            stopped_by = stop_request.name
-            break
+        self._finish(last_save, stopped_by)
+        return stopped_by
 
-    step = state["step"]
-    ledger.flush()
-    tracker.flush()
-    if step != last_save and (step < max_steps or cfg.checkpoint.save_final):
-        save(step)
-    if rank == 0 and state["history"]:
-        png = degradation_curves(state["history"], [s.name for s in cfg.data.streams],
-                                 run_dir / "curves" / "degradation.png")
-        tracker.log_artifact(png, "curves")
-    if step >= max_steps:
-        tracker.end("FINISHED")
-        if rank == 0:  # the mark a study (sequential or a SLURM array) reads to know this domain is done
-            (run_dir / FINISHED).write_text(json.dumps({"step": step, "tokens_seen": state["tokens_seen"]}) + "\n")
-        log(rank, f"done: {step} steps, {state['tokens_seen']:,} tokens; run folder {run_dir}")
-    elif stopped_by:
-        log(rank, f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")
-    else:
-        log(rank, f"halted at step {step} (run.halt_at_step); continue with --resume auto")
-    state["stopped_by"] = stopped_by
-    return state
+    def _finish(self, last_save: int, stopped_by: str | None) -> None:
+        """A checkpoint unless the last step was just saved (or the run finished with save_final off), the curves,
+        and the FINISHED mark a study waits for."""
+        step, state = self.state.step, self.state
+        self.ledger.flush()
+        self.tracker.flush()
+        if step != last_save and (step < self.max_steps or self.cfg.checkpoint.save_final):
+            self.save(step)
+        self.validator.curves(state)
+        if step >= self.max_steps:
+            self.tracker.end("FINISHED")
+            if self.rank == 0:
+                (self.run_dir / FINISHED).write_text(json.dumps({"step": step, "tokens_seen": state.tokens_seen}) + "\n")
+            log(self.rank, f"done: {step} steps, {state.tokens_seen:,} tokens; run folder {self.run_dir}")
+        elif stopped_by:
+            log(self.rank, f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")
+        else:
+            log(self.rank, f"halted at step {step} (run.halt_at_step); continue with --resume auto")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """One rank of a training job. Exit 0 when done or stopped by a signal (resumable), 2 for a bad input, 3 when
+    bad losses stopped the run."""
     parser = argparse.ArgumentParser(prog="odyssey train", description=__doc__.splitlines()[0])
     parser.add_argument("config")
     parser.add_argument("overrides", nargs="*", help="dotted.key=value")
@@ -335,13 +290,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="'auto' (newest complete checkpoint, or start fresh), 'latest', or a tag")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
     args = parser.parse_intermixed_args(argv)
-    from trainer.cli import run_guarded
 
     def run() -> int:
-        state = train(load_config(args.config, args.overrides), args.resume)
-        return 3 if state["stopped_by"] and state["stopped_by"].startswith("bad loss") else 0
+        stopped_by = Trainer(load_config(args.config, args.overrides), args.resume).fit()
+        return 3 if stopped_by and stopped_by.startswith("bad loss") else 0
 
-    return run_guarded(run)
+    return guarded(run)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 export PYTHON
 command -v sbatch >/dev/null || die "sbatch not found: run this on a SLURM login node"
-domains=$("$PYTHON" -m trainer.cli study "$STUDY" --list) || exit 2  # validates the study file before submitting
+domains=$("$PYTHON" -m odyssey study "$STUDY" --list) || exit 2  # validates the study file before submitting
 n=$(wc -l <<<"$domains")
 mkdir -p "${ODYSSEY_LOGS:-logs}"
 setup=$(sbatch --parsable ${STEP_SBATCH_ARGS:-} "$here/study_step.sbatch" "$STUDY" setup)

@@ -12,7 +12,7 @@ def free_port() -> int:
 
 
 def cmd(cfg, *args, nproc=2):
-    c = [sys.executable, "-m", "trainer.cli", "train", str(cfg), *args]
+    c = [sys.executable, "-m", "odyssey", "train", str(cfg), *args]
     return c + (["--nproc", str(nproc), "--master-port", str(free_port())] if nproc else [])
 
 

@@ -21,7 +21,7 @@ eval: {{interval: 0, max_samples: 8, domains: [{{name: code, path: {assets['doma
 checkpoint: {{interval: 2}}
 tracking: {{experiment: test}}
 """)
-    watcher = subprocess.Popen([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints",
+    watcher = subprocess.Popen([sys.executable, "-m", "odyssey", "eval", "--checkpoints",
                                 str(tmp_path / "w" / "checkpoints"), "--watch", "--poll", "1", "--until-step", "6"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run(cfg)
@@ -39,10 +39,10 @@ tracking: {{experiment: test}}
         assert len(at6) == 2 and at6[0] == pytest.approx(at6[1], rel=1e-6)  # training job and watcher agree
         assert 2 in history(client, rid, f"tokens/{dom}/topk_share")
     # a second pass finds nothing new; a missing folder is one line
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints", str(tmp_path / "w" / "checkpoints")],
+    r = subprocess.run([sys.executable, "-m", "odyssey", "eval", "--checkpoints", str(tmp_path / "w" / "checkpoints")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "no new complete checkpoint" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints", str(tmp_path / "nope")],
+    r = subprocess.run([sys.executable, "-m", "odyssey", "eval", "--checkpoints", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "checkpoints folder not found" in r.stderr
 
@@ -60,10 +60,10 @@ tracking: {{experiment: test}}
 """)
     run(cfg)
     hf = tmp_path / "hf_ckpts"
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(tmp_path / "h"), str(hf / "step_4")],
+    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(tmp_path / "h"), str(hf / "step_4")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "eval", "--checkpoints", str(hf), "--config",
+    r = subprocess.run([sys.executable, "-m", "odyssey", "eval", "--checkpoints", str(hf), "--config",
                         str(tmp_path / "h" / "config.yaml"), "--new-run"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "steps [4]" in r.stdout, r.stderr[-2000:]
     train_client, train_runs = client_and_run(tmp_path / "h")

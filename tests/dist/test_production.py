@@ -114,7 +114,7 @@ def test_export_round_trip(base, assets, tmp_path):
     from data_prep.shards import TOKENS, open_split
 
     cfg, out = base
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(out / "straight"), str(tmp_path / "hf")],
+    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(out / "straight"), str(tmp_path / "hf")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
@@ -127,10 +127,10 @@ def test_export_round_trip(base, assets, tmp_path):
     client, runs = client_and_run(out / "straight")
     engine_loss = history(client, runs[0].info.run_id, "eval/prose/loss")[8]
     assert loss == pytest.approx(engine_loss, abs=1e-5)
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(out / "straight"), str(tmp_path / "hf")],
+    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(out / "straight"), str(tmp_path / "hf")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "already exists" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(out / "straight"), str(tmp_path / "bf"),
+    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(out / "straight"), str(tmp_path / "bf"),
                         "--dtype", "bf16"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "bf", dtype="auto").dtype == torch.bfloat16

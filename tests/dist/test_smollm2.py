@@ -48,7 +48,7 @@ def test_smollm2_resume_and_export(smol):
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
     t0 = time.time()
-    e = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(root / "straight"), str(root / "hf")],
+    e = subprocess.run([sys.executable, "-m", "odyssey", "export", str(root / "straight"), str(root / "hf")],
                        capture_output=True, text=True, timeout=900)
     export_s = time.time() - t0
     assert e.returncode == 0, e.stderr[-3000:]

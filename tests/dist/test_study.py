@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 def study(path):
-    return subprocess.run([sys.executable, "-m", "trainer.cli", "study", str(path)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "odyssey", "study", str(path)], capture_output=True, text=True,
                           timeout=1500)
 
 
@@ -46,7 +46,7 @@ similarity: {{chunks: 32}}
     assert r.returncode == 2 and "prepared domain not found" in r.stderr, r.stderr[-2000:]
     cfg.write_text(text)
     # kill the whole study while the second domain trains, then run it again
-    p = subprocess.Popen([sys.executable, "-m", "trainer.cli", "study", str(cfg)], stdout=subprocess.PIPE,
+    p = subprocess.Popen([sys.executable, "-m", "odyssey", "study", str(cfg)], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
     for line in p.stdout:
         if "[study] code: training" in line:

@@ -40,7 +40,7 @@ eval: {{interval: 0, max_samples: {N_EVAL}, top_k: 5}}
 tracking: {{experiment: test}}
 """)
     run(cfg)
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "export", str(tmp_path / "t"), str(tmp_path / "hf")],
+    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(tmp_path / "t"), str(tmp_path / "hf")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     ds = open_split(assets["domains"] / "prose" / "test")

@@ -102,7 +102,7 @@ def test_halt_and_resume_reproduces_losses(straight, config):
 
 def test_fresh_start_refuses_existing_checkpoints(straight, config):
     cfg, _ = config
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "train", str(cfg)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "odyssey", "train", str(cfg)], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 2
     assert "already holds checkpoints" in r.stderr

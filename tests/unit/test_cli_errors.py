@@ -7,7 +7,7 @@ import pytest
 from data_prep.prepare import PrepOptions, prepare_domain
 from tests import tiny
 
-ODYSSEY = [sys.executable, "-m", "trainer.cli"]
+ODYSSEY = [sys.executable, "-m", "odyssey"]
 
 
 def run(args, cwd):

@@ -37,7 +37,7 @@ def test_dry_run_matches_deepspeed_estimator(shapes, tmp_path, name, gpus):
     cfg = tmp_path / "p.yaml"
     cfg.write_text(f"model: {{path: {shapes / name}, dtype: bf16}}\n"
                    "data: {streams: [{name: x, path: /nowhere}], seq_len: 4096}\nrun: {max_tokens: 1000000000}\n")
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "train", str(cfg), "--dry-run", "--world-size",
+    r = subprocess.run([sys.executable, "-m", "odyssey", "train", str(cfg), "--dry-run", "--world-size",
                         str(gpus)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     _, gpu, _ = estimate_zero3_model_states_mem_needs(total, largest, min(gpus, 8), gpus // min(gpus, 8),

@@ -6,7 +6,8 @@ import pytest
 
 from data_prep.manifest import read_manifest, tokenizer_fingerprint
 from data_prep.pack import SPLITS, SplitFractions, split_of
-from data_prep.prepare import PrepError, PrepOptions, load_tokenizer, prepare_domain
+from data_prep.prepare import PrepError, PrepOptions, prepare_domain
+from data_prep.tokenize import load_tokenizer
 from data_prep.shards import TOKENS, open_split
 from data_prep.sources import SourceError
 from tests import tiny

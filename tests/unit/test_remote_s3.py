@@ -57,7 +57,7 @@ data: {{streams: [{{name: prose, path: s3://odyssey-test/train-domains/prose}}],
 run: {{out_dir: {tmp_path / 'runs'}, name: s3, max_steps: 3}}
 eval: {{interval: 0, max_samples: 8}}
 """)
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "train", str(cfg)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "odyssey", "train", str(cfg)], capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "step 3/3" in r.stdout
@@ -69,7 +69,7 @@ def test_missing_remote_domain_is_one_line(tmp_path, assets, s3):
     cfg.write_text(f"model: {{path: {assets['model']}}}\n"
                    f"data: {{streams: [{{name: x, path: s3://odyssey-test/nowhere/x}}]}}\n"
                    f"run: {{out_dir: {tmp_path / 'runs'}}}\n")
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "train", str(cfg)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "odyssey", "train", str(cfg)], capture_output=True, text=True,
                        timeout=300)
     errors = [line for line in r.stderr.splitlines() if line.startswith("odyssey: error")]
     assert r.returncode == 2 and len(errors) == 1 and "cannot read s3://odyssey-test/nowhere/x/manifest.json" in \

@@ -41,7 +41,7 @@ def domains(assets, tmp_path_factory):
 def test_similarity_cli_orders_domains_and_logs(domains, assets):
     paths, root = domains
     out = root / "result" / "similarity.json"
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "similarity", "--reference", str(paths["prose"]),
+    r = subprocess.run([sys.executable, "-m", "odyssey", "similarity", "--reference", str(paths["prose"]),
                         "--domains", *map(str, paths.values()), "--out", str(out), "--chunks", "48"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -67,6 +67,6 @@ def test_similarity_cli_orders_domains_and_logs(domains, assets):
 
 
 def test_similarity_not_a_domain(tmp_path, assets):
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "similarity", "--reference", str(tmp_path),
+    r = subprocess.run([sys.executable, "-m", "odyssey", "similarity", "--reference", str(tmp_path),
                         "--domains", str(assets["domains"] / "prose")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no manifest.json" in r.stderr

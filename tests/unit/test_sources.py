@@ -98,15 +98,15 @@ domains:
   - {{name: prose, source: {tmp_path / 'prose'}, dedup: true}}
   - {{name: code, source: {tmp_path / 'code.jsonl'}, text_field: body, min_chars: 10, test: 0.3, val: 0.3}}
 """)
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "prep", "--config", str(tmp_path / "prep.yaml"),
+    r = subprocess.run([sys.executable, "-m", "odyssey", "prep", "--config", str(tmp_path / "prep.yaml"),
                         "--quiet"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "domains").iterdir()) == ["code", "prose"]
     assert "prepared domain 'code'" in r.stdout and "prepared domain 'prose'" in r.stdout
     (tmp_path / "bad.yaml").write_text("domains: [{name: x, source: y, colour: red}]\n")
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "prep", "--config", str(tmp_path / "bad.yaml")],
+    r = subprocess.run([sys.executable, "-m", "odyssey", "prep", "--config", str(tmp_path / "bad.yaml")],
                        capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "unknown key(s) ['colour']" in r.stderr
+    assert r.returncode == 2 and "prep key 'domains.0.colour': unknown key" in r.stderr
 
 
 @pytest.mark.timeout(120)

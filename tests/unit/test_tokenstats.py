@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from trainer.tokenstats import CATEGORIES, Vocab, categorize, escape, summarize
+from analysis.tokenstats import CATEGORIES, Vocab, categorize, escape, summarize
 
 
 @pytest.mark.parametrize("piece,cat", [("\n", "newline_whitespace"), ("  ", "newline_whitespace"),

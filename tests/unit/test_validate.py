@@ -29,7 +29,7 @@ def shard(domain, split="train", i=1):
 
 
 def validate_cli(*args):
-    return subprocess.run([sys.executable, "-m", "trainer.cli", "prep", "--validate", *map(str, args)],
+    return subprocess.run([sys.executable, "-m", "odyssey", "prep", "--validate", *map(str, args)],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -69,7 +69,7 @@ def test_missing_shard(domain):
 
 def test_wrong_tokenizer(domain, tmp_path):
     from data_prep.manifest import tokenizer_fingerprint
-    from data_prep.prepare import load_tokenizer
+    from data_prep.tokenize import load_tokenizer
 
     other = tiny.build_tokenizer(tmp_path / "other", tiny.prose_docs(50, seed=2), vocab_size=300)
     fp = tokenizer_fingerprint(load_tokenizer(str(other)))
@@ -94,7 +94,7 @@ def test_training_stops_before_step_1_naming_the_shard(domain, assets, tmp_path)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {{path: {assets['model']}}}\ndata: {{streams: [{{name: prose, path: {domain}}}]}}\n"
                    f"run: {{out_dir: {tmp_path / 'runs'}, max_steps: 2}}\n")
-    r = subprocess.run([sys.executable, "-m", "trainer.cli", "train", str(cfg)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "odyssey", "train", str(cfg)], capture_output=True, text=True,
                        timeout=300)
     errors = [line for line in r.stderr.splitlines() if line.startswith("odyssey: error")]
     assert r.returncode == 2 and len(errors) == 1, r.stderr

@@ -66,10 +66,6 @@ def scatter(rows: list[dict], measure: str, corr: dict, out: Path) -> Path:
     return out
 
 
-def study_top_k(study) -> int:
-    return int(study.train.get("eval", {}).get("top_k", 20))
-
-
 def _img(path: Path) -> str:
     if not path.is_file():
         return "<p><em>(missing: {})</em></p>".format(html.escape(str(path)))
@@ -80,7 +76,7 @@ def _img(path: Path) -> str:
 def write_html(study, rows: list[dict], corr_all: dict, primary: str, out_dir: Path, note: str) -> Path:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in ["domain", primary, "ppl @0", "ppl @last", "Δppl", "ratio",
-                                                  "top-5 degrading tokens", f"top-{study_top_k(study)} share"])
+                                                  "top-5 degrading tokens", f"top-{study.train.eval.top_k} share"])
     body = "".join(
         "<tr>" + "".join(f"<td>{c}</td>" for c in [
             e(r["domain"]), f"{r['similarity'][primary]:.4g}", f"{r['ppl0']:.2f}", f"{r['ppl_last']:.2f}",
@@ -117,7 +113,8 @@ category with a share of the opposite sign moved against the domain as a whole.<
     return path
 
 
-def aggregate(study, out_dir: Path, similarity: dict, client, tracker) -> dict:
+def aggregate(study, similarity: dict, client, tracker) -> dict:
+    out_dir = study.out
     rows = []
     for dom in study.domains:
         r = domain_result(client, study.name, tracker.run_id, dom.name, out_dir / "runs" / dom.name)

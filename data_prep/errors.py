@@ -1,0 +1,27 @@
+"""The one kind of error a user is shown as a single line, and the guard that shows it.
+
+Every bad input in every package (a config key, a missing shard, a foreign tokenizer, an unfinished checkpoint)
+raises a subclass of `OdysseyError` with a one-line message. `guarded` turns it into that line on stderr and exit 2;
+anything else is a bug and keeps its traceback. It lives in the lowest package so that every entry point (the CLI,
+and `python -m trainer.train` under a launcher) uses the same guard without importing upwards.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+
+class OdysseyError(Exception):
+    """A bad input or state the user can fix: the message is one line that names it."""
+
+
+def guarded(fn: Callable[[], int | None]) -> int:
+    """Run `fn`; an OdysseyError becomes one line on stderr (from rank 0 only, so N ranks don't print it N times)
+    and exit code 2."""
+    try:
+        return fn() or 0
+    except OdysseyError as err:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"odyssey: error: {err}", file=sys.stderr, flush=True)
+        return 2

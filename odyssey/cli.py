@@ -1,0 +1,48 @@
+"""`odyssey VERB ...`: each package adds its own verbs; this file only composes them under one parser and runs the
+chosen one behind the one error guard (a known bad input: one line on stderr, exit 2).
+
+    prep                     data_prep/cli.py
+    train, eval, export      trainer/cli.py
+    study, similarity        study/cli.py
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from data_prep import cli as prep_cli
+from data_prep.errors import guarded
+from study import cli as study_cli
+from trainer import cli as trainer_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="odyssey", description="Continued pretraining that shows where adaptation "
+                                                                 "helps and where it hurts.")
+    sub = parser.add_subparsers(dest="verb", required=True)
+    for package_cli in (prep_cli, trainer_cli, study_cli):
+        package_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning that it guessed
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_overrides", False):
+        # dotted.key=value overrides may come after options: `odyssey train cfg.yaml --nproc 2 optim.lr=1e-4`
+        bad = [a for a in extra if "=" not in a or a.startswith("-")]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return guarded(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

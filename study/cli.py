@@ -1,0 +1,74 @@
+"""The study's verbs: `odyssey study` and `odyssey similarity`. Composed into `odyssey` by odyssey/cli.py."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    st = sub.add_parser("study", help="one run per domain + the analysis across domains",
+                        description="Run a continued-pretraining study from STUDY.yaml (study/config.py, "
+                                    "docs/STUDY.md).")
+    st.add_argument("study")
+    part = st.add_mutually_exclusive_group()  # the parts a SLURM job array runs (launch/slurm/submit_study.sh)
+    part.add_argument("--list", action="store_true", help="print the domain names, one per line, and exit")
+    part.add_argument("--setup", action="store_true", help="only the parent run, similarities and run configs")
+    part.add_argument("--config-for", metavar="DOMAIN", help="print the run config of a domain (name or 0-based "
+                                                             "index, e.g. $SLURM_ARRAY_TASK_ID); needs --setup first")
+    part.add_argument("--aggregate", action="store_true", help="only the analysis; every domain must have finished")
+    st.set_defaults(func=cmd_study)
+
+    s = sub.add_parser("similarity", help="similarity of prepared domains to a reference sample",
+                       description="Token-unigram and sentence-embedding similarity of each prepared domain to a "
+                                   "reference (a prepared sample of the model's original pretraining data).")
+    s.add_argument("--reference", required=True, help="prepared reference domain folder")
+    s.add_argument("--domains", nargs="+", required=True, help="prepared domain folders (named by folder)")
+    s.add_argument("--out", default="similarity/similarity.json", help="where to write similarity.json")
+    s.add_argument("--tokenizer", help="the LM tokenizer the shards were made with (default: the manifest's)")
+    s.add_argument("--embedder", help="local sentence encoder folder (default: the offline all-MiniLM-L6-v2)")
+    s.add_argument("--chunks", type=int, default=256, help="text chunks sampled per domain")
+    s.add_argument("--chunk-tokens", type=int, default=128, help="LM tokens per chunk")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--experiment", default="odyssey-similarity", help="MLflow experiment")
+    s.add_argument("--run-name", default="similarity")
+    s.set_defaults(func=cmd_similarity)
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from study import runs
+    from study.config import load_study
+
+    if args.list:
+        print("\n".join(d.name for d in load_study(args.study).domains))
+    elif args.setup:
+        runs.setup_study(args.study)
+    elif args.config_for is not None:
+        print(runs.domain_config(args.study, args.config_for))
+    elif args.aggregate:
+        runs.aggregate_study(args.study)
+    else:
+        runs.run_study(args.study)
+    return 0
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from data_prep.manifest import read_manifest
+    from data_prep.similarity import SampleCfg
+    from study.similarity import log_similarity, measure, print_table
+    from trainer.tracking import Tracker
+
+    reference = Path(args.reference)
+    domains = {Path(d).name: Path(d) for d in args.domains}
+    manifests = [read_manifest(p) for p in [reference, *domains.values()]]  # one line if any is not a domain
+    out = Path(args.out)
+    result, png = measure(reference, domains, args.tokenizer or manifests[0]["tokenizer"]["name"], args.embedder,
+                          SampleCfg(seed=args.seed, chunks=args.chunks, chunk_tokens=args.chunk_tokens), out)
+    tracker = Tracker(out.parent, args.experiment, enabled=True)
+    tracker.start(args.run_name)
+    tracker.log_params({"reference": str(reference), "seed": str(args.seed), "chunks": str(args.chunks),
+                        "chunk_tokens": str(args.chunk_tokens)})
+    log_similarity(tracker, result, [out, png])
+    tracker.end()
+    print_table(result)
+    print(f"wrote {out} and {png}; MLflow run {tracker.run_id} at {tracker.uri}")
+    return 0

@@ -1,0 +1,68 @@
+"""Evaluate a model on the run's eval sets and log how each domain moved against step 0: loss, perplexity, their
+ratio and difference to the base model, and (rank 0) which tokens carry the change. The one evaluate-and-log path
+of both the training loop (`Trainer.evaluate`) and `odyssey eval --checkpoints`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from analysis.baseline import BaselineCache, model_hash
+from analysis.metrics import TokenStats, baseline_of, eval_metrics, function_words
+from analysis.plots import degradation_curves
+from analysis.tokenstats import Vocab
+from trainer.config import Config
+from trainer.evaluate import DomainEval, evaluate
+from trainer.state import RunState
+from trainer.tracking import Tracker, log
+
+
+class Validator:
+    def __init__(self, cfg: Config, eval_sets: dict, rank: int, world: int, device: torch.device, tokenizer,
+                 tracker: Tracker, run_dir: Path):
+        self.eval_sets, self.rank, self.world, self.device, self.tracker = eval_sets, rank, world, device, tracker
+        self.micro_batch = cfg.eval.micro_batch or cfg.data.micro_batch
+        self.max_samples = cfg.eval.max_samples
+        self.per_token = cfg.eval.token_stats
+        self.run_dir = Path(run_dir)  # where baseline/, tokens/ and curves/ go
+        self.train_domains = [s.name for s in cfg.data.streams]
+        self.cache = BaselineCache(self.run_dir, model_hash(cfg.model.path))  # every rank reads it (checkpoint eval)
+        self.token_stats = None
+        if cfg.eval.token_stats and rank == 0:
+            vocab = Vocab.from_tokenizer(tokenizer, function_words(cfg.eval.function_words))
+            self.token_stats = TokenStats(self.run_dir, self.cache, vocab, cfg.eval.top_k)
+
+    def run(self, model, state: RunState) -> dict[str, DomainEval]:
+        """Score `model` at `state.step`; the first call sets `state.baseline`. Logs metrics, token-statistics files
+        and tags, and appends to `state.history`."""
+        t0 = time.time()
+        results = evaluate(model, self.eval_sets, self.rank, self.world, self.micro_batch, self.max_samples,
+                           self.device, per_token=self.per_token)
+        if state.baseline is None:
+            state.baseline = baseline_of(results)
+        metrics = eval_metrics(results, state.baseline)
+        if state.tokens_seen is not None:
+            metrics["train/tokens_seen"] = state.tokens_seen
+        if self.token_stats is not None:
+            token_metrics, tags, files = self.token_stats(results, state.step)
+            metrics.update(token_metrics)
+            for key, value in tags.items():
+                self.tracker.set_tag(key, value)
+            for path, folder in files:
+                self.tracker.log_artifact(path, folder)
+        self.tracker.log_metrics(metrics, state.step)
+        state.history.append({"step": state.step, "tokens_seen": state.tokens_seen or 0,
+                              "ppl": {n: r.ppl for n, r in results.items()},
+                              "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})
+        table = ", ".join(f"{n} {r.ppl:.2f}" for n, r in results.items())
+        log(self.rank, f"eval @ step {state.step} ({time.time() - t0:.1f}s): ppl {table}")
+        return results
+
+    def curves(self, state: RunState, name: str = "degradation.png") -> Path | None:
+        """Rank 0: every eval's perplexity and ratio to step 0 against tokens seen, as curves/<name>."""
+        if self.rank != 0 or not state.history:
+            return None
+        png = degradation_curves(state.history, self.train_domains, self.run_dir / "curves" / name)
+        self.tracker.log_artifact(png, "curves")
+        return png
