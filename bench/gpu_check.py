@@ -43,13 +43,8 @@ def seconds_in(log: str, pattern: str) -> str:
     return f"{float(found[-1]):.1f} s" if found else "not seen"
 
 
-def main() -> int:
-    import numpy as np
-    import torch
-
-    from bench.workload import SHAPES, build, token_rows
+def parse_args() -> argparse.Namespace:
     from trainer.model import resolve_dtype
-    from trainer.meter import detect_peak_tflops
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="tinyllama")
@@ -64,75 +59,96 @@ def main() -> int:
     args = ap.parse_args()
     args.nproc, args.attn_impl, args.loader_workers, args.rounds = 1, None, None, 1
     args.dtype = resolve_dtype("auto")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str]] = []
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    import deepspeed
-    import transformers
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.uri = f"file://{args.out}/mlruns"
+    args.runs = args.out / "runs"
+    args.runs.mkdir(exist_ok=True)
+    return args
 
-    rows.append(("device / stack", f"{device}; torch {torch.__version__}, transformers {transformers.__version__}, "
-                                   f"deepspeed {deepspeed.__version__}"))
 
-    t0 = time.time()
-    model, domain = build(out / args.shape, SHAPES[args.shape], args.seq_len, text_mb=args.text_mb)
-    n_params, flops_token = model_flops(model, args.seq_len)
-    rows.append(("model, data", f"{n_params / 1e9:.3f}B-param Llama, seq {args.seq_len}, micro-batch "
-                                f"{args.micro_batch}, {args.dtype}; built + prepped in {time.time() - t0:.0f} s"))
-    uri = f"file://{out}/mlruns"
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the GPU node carries mlflow-skinny, without a SQL store
+def check_training(args, model, domain, flops_token: float, rows: list) -> dict:
+    """Odyssey's throughput (then eval with token stats and a checkpoint), against the bare loop on the same model,
+    data and DeepSpeed JSON. Returns the run config."""
+    import numpy as np
+
+    from trainer.meter import detect_peak_tflops
+
     timed_end = args.warmup + args.steps
-    runs = out / "runs"
-    runs.mkdir(exist_ok=True)
-    cfg = odyssey_config(args, model, domain, runs, "main",
+    cfg = odyssey_config(args, model, domain, args.runs, "main",
                          run={"max_steps": timed_end + 2, "halt_at_step": timed_end},
                          eval={"interval": timed_end, "max_samples": 32, "token_stats": True},
-                         checkpoint={"save_final": True}, tracking={"experiment": "bench", "uri": uri})
-
-    # 1. Odyssey: throughput, then (after the timed window) eval with token stats and a checkpoint
+                         checkpoint={"save_final": True}, tracking={"experiment": "bench", "uri": args.uri})
     log1 = run_odyssey(args, cfg)
-    seconds = logged_seconds(uri, args.warmup, timed_end)
+    seconds = logged_seconds(args.uri, args.warmup, timed_end)
     tps = args.steps * args.micro_batch * args.accumulation * args.seq_len / seconds
     peak = detect_peak_tflops(args.dtype)
     mfu = f", MFU {tps * flops_token / (peak * 1e12):.1%} of {peak:.0f}" if peak else ""
     rows.append(("Odyssey ZeRO-3", f"{tps:,.0f} tok/s, {tps * flops_token / 1e12:.1f} TFLOP/s{mfu} "
                                    f"({args.steps} steps after {args.warmup})"))
     rows.append(("  setup it chose", " ".join(re.findall(r"\[odyssey\] device (.*)", log1)[-1:])))
-
-    # 2. the bare loop, same model, data and DeepSpeed JSON
-    rows_npy = out / "rows.npy"
-    np.save(rows_npy, token_rows(domain))
-    ds_json = resolved_ds_config(cfg, 1, out)
+    np.save(args.out / "rows.npy", token_rows(domain))
+    ds_json = resolved_ds_config(cfg, 1, args.out)
     bare = args.steps * args.micro_batch * args.accumulation * args.seq_len / time_peer(args, "bare", model,
-                                                                                           rows_npy, ds_json)
+                                                                                           args.out / "rows.npy", ds_json)
     rows.append(("bare deepspeed loop", f"{bare:,.0f} tok/s; Odyssey / bare = {tps / bare:.3f}"))
     rows.append(("eval + token stats", seconds_in(log1, rf"eval @ step {timed_end} \(([\d.]+)s\)")))
     rows.append(("checkpoint save", seconds_in(log1, r"checkpoint \S+ \(([\d.]+)s\)")))
+    return cfg
 
-    # 3. resume for the last 2 steps, then export and load back
+
+def check_resume_and_export(args, cfg: dict, rows: list) -> None:
+    """Resume for the last 2 steps, then export to bf16 and load the export back."""
+    import numpy as np
+    import torch
+    import transformers
+
+    timed_end = args.warmup + args.steps
     log2 = run_odyssey(args, cfg, "--resume", "auto", "run.halt_at_step=null")
     done = "finished" if f"done: {timed_end + 2} steps" in log2 else "DID NOT FINISH"
     rows.append(("resume + 2 steps", f"{done}; load " + seconds_in(log2, r"loaded in ([\d.]+)s")))
     t0 = time.time()
-    export_dir = out / "export"
-    subprocess.run([sys.executable, "-m", "odyssey", "export", str(runs / "main"), str(export_dir), "--dtype",
+    export_dir = args.out / "export"
+    subprocess.run([sys.executable, "-m", "odyssey", "export", str(args.runs / "main"), str(export_dir), "--dtype",
                     "bf16", "--overwrite"], check=True, capture_output=True)
     exported = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype="auto").to(
         "cuda" if torch.cuda.is_available() else "cpu")
-    x = torch.from_numpy(np.load(rows_npy)[:1]).to(exported.device)
+    x = torch.from_numpy(np.load(args.out / "rows.npy")[:1]).to(exported.device)
     with torch.no_grad():
         loss = exported(input_ids=x, labels=x).loss.item()
     rows.append(("export + from_pretrained", f"{time.time() - t0:.0f} s; loss of one sample {loss:.3f}"))
 
-    # 4. a short zero3_offload run
-    off = odyssey_config(args, model, domain, runs, "offload", run={"max_steps": 3},
+
+def check_offload(args, model, domain, rows: list) -> None:
+    off = odyssey_config(args, model, domain, args.runs, "offload", run={"max_steps": 3},
                          eval={"interval": 0, "max_samples": args.micro_batch, "token_stats": False},
                          checkpoint={"save_final": False}, deepspeed={"config": "zero3_offload"},
-                         tracking={"experiment": "bench-offload", "uri": uri})
+                         tracking={"experiment": "bench-offload", "uri": args.uri})
     log3 = run_odyssey(args, off)
     rate = re.findall(r"step 3/3 loss \S+ lr \S+ ([\d,]+) tok/s", log3)
     rows.append(("zero3_offload, 3 steps", f"{rate[-1] if rate else '?'} tok/s at step 3"))
 
+
+def main() -> int:
+    import deepspeed
+    import torch
+    import transformers
+
+    from bench.workload import SHAPES, build
+
+    args = parse_args()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    rows: list[tuple[str, str]] = [("device / stack", f"{device}; torch {torch.__version__}, transformers "
+                                                      f"{transformers.__version__}, deepspeed {deepspeed.__version__}")]
+    t0 = time.time()
+    model, domain = build(args.out / args.shape, SHAPES[args.shape], args.seq_len, text_mb=args.text_mb)
+    n_params, flops_token = model_flops(model, args.seq_len)
+    rows.append(("model, data", f"{n_params / 1e9:.3f}B-param Llama, seq {args.seq_len}, micro-batch "
+                                f"{args.micro_batch}, {args.dtype}; built + prepped in {time.time() - t0:.0f} s"))
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the GPU node carries mlflow-skinny, without a SQL store
+    cfg = check_training(args, model, domain, flops_token, rows)
+    check_resume_and_export(args, cfg, rows)
+    check_offload(args, model, domain, rows)
     width = max(len(k) for k, _ in rows)
     print(f"\n| {'check':<{width}} | result |\n|{'-' * (width + 2)}|---|")
     for k, v in rows:

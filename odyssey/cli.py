@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning that it guessed
+    # under the deepspeed launcher (`deepspeed --module odyssey eval ...`) every rank also gets --local_rank=N;
+    # the rank's LOCAL_RANK variable says the same
+    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local_rank")]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "takes_overrides", False):

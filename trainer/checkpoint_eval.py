@@ -127,16 +127,3 @@ def report(steps: list[int]) -> int:
     print(f"[odyssey] evaluated {len(steps)} checkpoint(s): steps {steps}" if steps else
           "[odyssey] no new complete checkpoint to evaluate")
     return 0
-
-
-if __name__ == "__main__":  # under a launcher: python -m trainer.checkpoint_eval --checkpoints DIR
-    import argparse
-    import sys
-
-    from data_prep.errors import guarded
-    from trainer.cli import add_eval_parser
-
-    parser = argparse.ArgumentParser(prog="odyssey eval")
-    add_eval_parser(parser.add_subparsers(dest="verb", required=True))
-    args = parser.parse_args(["eval", *[a for a in sys.argv[1:] if not a.startswith("--local_rank")]])
-    sys.exit(guarded(lambda: args.func(args)))

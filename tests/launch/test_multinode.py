@@ -9,11 +9,12 @@ import time
 
 import pytest
 
+import launch
 from tests.dist.helpers import client_and_run, free_port, history
 from tests.launch.cluster import SshNodes
 
 pytestmark = pytest.mark.slow
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "deepspeed_multinode.sh")
+SCRIPT = str(launch.script("deepspeed_multinode.sh"))
 
 
 def config(assets, out, name, steps):

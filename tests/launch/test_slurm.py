@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+import launch
 from data_prep.prepare import PrepOptions, prepare_domain
 from tests import tiny
 from tests.dist.helpers import client_and_run, history
 
 pytestmark = pytest.mark.slow
-SLURM_DIR = Path(__file__).resolve().parents[2] / "launch" / "slurm"
+SLURM_DIR = launch.script("slurm")
 CPU_TRAIN = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
 
 
