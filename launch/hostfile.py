@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from data_prep.errors import OdysseyError
+from data_prep.errors import OdysseyError, guarded
 
 
 class LaunchError(OdysseyError, RuntimeError):
@@ -89,24 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the deepspeed hostfile here")
     p.add_argument("--master-addr", action="store_true", help="print only the master address")
     args = p.parse_args(argv)
-    try:
-        hosts = slurm_hosts() if args.from_slurm else [h.strip() for h in args.hosts.split(",") if h.strip()]
-        addr = os.environ.get("MASTER_ADDR") or master_addr(hosts)
-        if args.master_addr:
-            print(addr)
-            return 0
-        text = hostfile_text(hosts, args.slots or default_slots())
-        if args.out:
-            tmp = Path(f"{args.out}.tmp{os.getpid()}")
-            tmp.write_text(text)
-            tmp.replace(args.out)
-        else:
-            sys.stdout.write(text)
-        print(f"MASTER_ADDR={addr}", file=sys.stdout if args.out else sys.stderr)
+    return guarded(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    hosts = slurm_hosts() if args.from_slurm else [h.strip() for h in args.hosts.split(",") if h.strip()]
+    addr = os.environ.get("MASTER_ADDR") or master_addr(hosts)
+    if args.master_addr:
+        print(addr)
         return 0
-    except LaunchError as err:
-        print(f"odyssey: error: {err}", file=sys.stderr)
-        return 2
+    text = hostfile_text(hosts, args.slots or default_slots())
+    if args.out:
+        tmp = Path(f"{args.out}.tmp{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(args.out)
+    else:
+        sys.stdout.write(text)
+    print(f"MASTER_ADDR={addr}", file=sys.stdout if args.out else sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
