@@ -10,6 +10,8 @@ Definitions (docs/ANALYSIS.md):
 """
 from __future__ import annotations
 
+import json
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -58,10 +60,45 @@ class Vocab:
 
     @classmethod
     def from_tokenizer(cls, tokenizer, function_words: frozenset[str] = FUNCTION_WORDS) -> "Vocab":
-        size = len(tokenizer)
-        text = [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(size)]
+        text = piece_texts(tokenizer)
         cats = np.array([CATEGORIES.index(categorize(t, function_words)) for t in text], dtype=np.int8)
         return cls(text, cats)
+
+
+BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
+
+
+def piece_texts(tokenizer) -> list[str]:
+    """The text each id stands for, read from its vocabulary piece. Byte-level BPE pieces (GPT-2, GPT-NeoX/OLMo,
+    Llama-3) map back through the byte alphabet (Ġ → space, Ċ → newline); SentencePiece pieces (Llama-2, Mistral)
+    turn ▁ into a space and byte-fallback pieces like <0x0A> into their byte. Decoding one id alone is wrong for
+    SentencePiece: its decoder strips the leading space of a text, so ' the' would read 'the', a word continuation.
+    A byte that is only part of a UTF-8 character reads as \\xNN."""
+    size = len(tokenizer)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    decoder = json.dumps(json.loads(tokenizer.backend_tokenizer.to_str()).get("decoder"), ensure_ascii=False)
+    if '"ByteLevel"' in decoder:
+        from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+
+        alphabet = {c: b for b, c in bytes_to_unicode().items()}
+        return [_from_byte_alphabet(p, alphabet) for p in pieces]
+    if "\u2581" in decoder or '"Metaspace"' in decoder:
+        return [_from_sentencepiece(p) for p in pieces]
+    return [tokenizer.decode([i], clean_up_tokenization_spaces=False) for i in range(size)]  # e.g. WordPiece
+
+
+def _from_byte_alphabet(piece: str, alphabet: dict[str, int]) -> str:
+    if not all(c in alphabet for c in piece):
+        return piece  # an added token outside the byte alphabet
+    return bytes(alphabet[c] for c in piece).decode("utf-8", errors="backslashreplace")
+
+
+def _from_sentencepiece(piece: str) -> str:
+    byte = BYTE_PIECE.fullmatch(piece)
+    if byte:
+        value = int(byte.group(1), 16)
+        return chr(value) if value < 0x80 else f"\\x{value:02x}"
+    return piece.replace("\u2581", " ")
 
 
 def per_id(targets: np.ndarray, base: np.ndarray, current: np.ndarray, vocab_size: int) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.errors import OdysseyError
+from data_prep.tokenize import document_bos
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -30,7 +31,8 @@ def tokenizer_fingerprint(tokenizer) -> dict[str, Any]:
         "vocab_size": len(vocab),
         "vocab_sha256": digest,
         "eos_token": tokenizer.eos_token,
-        "eos_id": tokenizer.eos_token_id,
+        "eos_id": tokenizer.eos_token_id,  # after every document
+        "bos_id": document_bos(tokenizer),  # before every document, where the tokenizer adds one (else null)
     }
 
 

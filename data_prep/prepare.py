@@ -22,7 +22,7 @@ from data_prep.manifest import FORMAT_VERSION, MANIFEST, tokenizer_fingerprint, 
 from data_prep.pack import SPLITS, Packer, SplitFractions, split_of, text_digest
 from data_prep.shards import SplitWriters
 from data_prep.sources import HF_PREFIX, SourceError, iter_docs, sha256_file, source_files, source_kind
-from data_prep.tokenize import batches, encode_all, load_tokenizer
+from data_prep.tokenize import batches, document_bos, encode_all, load_tokenizer
 from data_prep.errors import OdysseyError
 
 
@@ -122,11 +122,11 @@ def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: 
     packers = {s: Packer(seq_len) for s in SPLITS}
     stats = SourceStats()
     started = time.time()
-    n_tokens = 0
+    n_tokens, tokenizer_json = 0, tokenizer.backend_tokenizer.to_str()
     bar = tqdm(desc=f"prep {domain}", unit="doc", disable=not opts.progress, mininterval=1.0)
     work = batches(_filtered(source, opts, stats))
     with SplitWriters(tmp, SPLITS, seq_len, compression=opts.compression, size_limit=opts.size_limit) as writers:
-        for encoded in encode_all(work, tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id, opts.workers):
+        for encoded in encode_all(work, tokenizer_json, tokenizer.eos_token_id, opts.workers, document_bos(tokenizer)):
             for split, (ids, n_docs) in encoded.items():
                 for row in packers[split].add(ids, n_docs):
                     writers.write(split, row)

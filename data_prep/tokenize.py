@@ -23,6 +23,7 @@ from data_prep.errors import OdysseyError
 
 _TOKENIZER = None
 _EOS = -1
+_BOS = -1  # -1: the tokenizer adds no BOS
 
 
 class TokenizeError(OdysseyError, RuntimeError):
@@ -39,21 +40,23 @@ class Batch:
         return sum(len(t) for t in self.texts)
 
 
-def _init_worker(tokenizer_json: str, eos_id: int) -> None:
-    global _TOKENIZER, _EOS
+def _init_worker(tokenizer_json: str, eos_id: int, bos_id: int = -1) -> None:
+    global _TOKENIZER, _EOS, _BOS
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker; the pool is the parallelism
     from tokenizers import Tokenizer
 
     _TOKENIZER = Tokenizer.from_str(tokenizer_json)
-    _EOS = eos_id
+    _EOS, _BOS = eos_id, bos_id
 
 
 def encode(batch: Batch) -> dict[str, tuple[np.ndarray, int]]:
-    """{split: (ids with EOS after each document, number of documents)} for one batch."""
+    """{split: (ids of each document, BOS first where the tokenizer adds one, EOS last; number of documents)}."""
     encodings = _TOKENIZER.encode_batch(batch.texts, add_special_tokens=False)
     by_split: dict[str, list[list[int]]] = {}
     for split, enc in zip(batch.splits, encodings):
         ids = enc.ids
+        if _BOS >= 0:
+            ids.insert(0, _BOS)
         ids.append(_EOS)
         by_split.setdefault(split, []).append(ids)
     out = {}
@@ -76,11 +79,12 @@ def batches(items: Iterable[tuple[str, str]], max_docs: int = 512, max_chars: in
         yield Batch(texts, splits)
 
 
-def encode_all(work: Iterable[Batch], tokenizer_json: str, eos_id: int, workers: int
+def encode_all(work: Iterable[Batch], tokenizer_json: str, eos_id: int, workers: int, bos_id: int | None = None
                ) -> Iterator[dict[str, tuple[np.ndarray, int]]]:
     """Encoded batches in input order. workers=0 encodes in this process (no pool)."""
+    bos = -1 if bos_id is None else bos_id
     if workers <= 0:
-        _init_worker(tokenizer_json, eos_id)
+        _init_worker(tokenizer_json, eos_id, bos)
         for b in work:
             yield encode(b)
         return
@@ -88,7 +92,7 @@ def encode_all(work: Iterable[Batch], tokenizer_json: str, eos_id: int, workers:
     # ProcessPoolExecutor, not multiprocessing.Pool: a Pool replaces a dead worker and waits forever for its batch;
     # the executor fails every pending batch with BrokenProcessPool.
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(tokenizer_json, eos_id)) as pool:
+                             initargs=(tokenizer_json, eos_id, bos)) as pool:
         pending: deque = deque()
         try:
             for b in work:
@@ -122,3 +126,14 @@ def load_tokenizer(path: str, what: str = "tokenizer", trust_remote_code: bool =
     if tok.eos_token_id is None:
         raise ConfigError(f"{what} {path}: the tokenizer has no EOS token; packing needs one between documents")
     return tok
+
+
+def document_bos(tokenizer) -> int | None:
+    """The BOS id where the tokenizer itself starts every text with one (Llama, Mistral: `add_bos_token`), else None
+    (GPT-2, OLMo). Prep puts it at each document start, so the shards match the way the model was pretrained."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    with_specials = tokenizer("x", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("x", add_special_tokens=False)["input_ids"]
+    return bos if with_specials[:1] == [bos] and plain[:1] != [bos] else None

@@ -8,8 +8,8 @@ from pathlib import Path
 
 
 def script(name: str = "") -> Path:
-    """The path of a shipped launch script (e.g. 'slurm/train.sbatch'), or of the launch folder for ''."""
+    """The path of a shipped launch script (e.g. 'slurm/train.sbatch') or folder ('slurm'; '' for launch/)."""
     path = Path(str(importlib.resources.files("launch").joinpath(name)))
-    if name and not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"no launch script {name!r} in {path.parent}")
     return path

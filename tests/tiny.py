@@ -70,3 +70,54 @@ def build_tiny_llama(out: Path, vocab_size: int, seed: int = 0) -> Path:
                       tie_word_embeddings=False)
     LlamaForCausalLM(cfg).save_pretrained(out)
     return out
+
+
+# Llama-2's published tokenizer.json decodes with these steps; converting a SentencePiece model does not add the Strip,
+# which is what makes decoding one id drop its leading space.
+def llama2_decoder():
+    from tokenizers import decoders
+
+    return decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                              decoders.Strip(" ", 1, 0)])
+
+
+def build_sentencepiece_tokenizer(out: Path, texts: list[str], vocab_size: int = 400) -> Path:
+    """A Llama-2-style tokenizer: a SentencePiece BPE model trained here (byte fallback, BOS added to every text),
+    loaded as LlamaTokenizerFast and given Llama-2's decoder."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer, LlamaTokenizerFast
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   user_defined_symbols=["\n"], minloglevel=2)
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    fast = LlamaTokenizerFast(vocab_file=str(out / "tokenizer.model"), legacy=False, add_bos_token=True,
+                              add_eos_token=False)
+    fast.backend_tokenizer.decoder = llama2_decoder()
+    fast.save_pretrained(out)
+    (out / "tokenizer.model").unlink()  # the fast tokenizer.json is what loads; no slow fallback
+    return Path(AutoTokenizer.from_pretrained(out).name_or_path)
+
+
+def build_neox_tokenizer(out: Path, texts: list[str], vocab_size: int = 512) -> Path:
+    """An OLMo-style tokenizer: GPT-NeoX byte-level BPE (digits split, <|endoftext|> as EOS, no BOS added)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|padding|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|padding|>",
+                                   bos_token="<|endoftext|>")
+    fast.save_pretrained(out)
+    return out
