@@ -15,9 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field
 
 from data_prep.config import ConfigError, Section, read_yaml, validate
+from data_prep.text_files import BOUNDARIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="local tokenizer folder (usually the model's)")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--text-field", default="text", help="field/column with the text (jsonl, parquet, HF)")
+    p.add_argument("--doc-boundary", choices=BOUNDARIES, default="file",
+                   help="text files and archives: one document per file, per line, or per blank-line-separated block")
+    p.add_argument("--revision", help="hf:// hub datasets: the branch, tag or commit to read (recorded in the manifest)")
     p.add_argument("--min-chars", type=int, default=1, help="skip documents shorter than this (after strip)")
     p.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
     p.add_argument("--val", type=float, default=0.05, help="fraction of documents for validation")
@@ -61,7 +67,8 @@ def _options(spec: dict, quiet: bool):
                        compression=None if compression in (None, "none") else compression,
                        size_limit=str(spec.get("size_limit", "64mb")),
                        workers=default_workers() if workers is None else workers,
-                       overwrite=bool(spec.get("overwrite", False)), progress=not quiet)
+                       overwrite=bool(spec.get("overwrite", False)), progress=not quiet,
+                       boundary=spec.get("doc_boundary", "file"), revision=spec.get("revision"))
 
 
 class PrepDefaults(Section):
@@ -70,6 +77,8 @@ class PrepDefaults(Section):
     tokenizer: str | None = None
     seq_len: int | None = Field(default=None, gt=1)
     text_field: str | None = None
+    doc_boundary: Literal["file", "line", "blank_line"] | None = None
+    revision: str | None = None
     min_chars: int | None = Field(default=None, ge=0)
     dedup: bool | None = None
     compression: str | None = None
@@ -143,7 +152,8 @@ def run_prep(args: argparse.Namespace) -> int:
         specs = [{"name": args.domain, "source": args.source, "out": args.out, "tokenizer": args.tokenizer,
                   "seq_len": args.seq_len, "text_field": args.text_field, "min_chars": args.min_chars,
                   "dedup": args.dedup, "val": args.val, "test": args.test, "compression": args.compression,
-                  "size_limit": args.size_limit, "workers": args.workers, "overwrite": args.overwrite}]
+                  "size_limit": args.size_limit, "workers": args.workers, "overwrite": args.overwrite,
+                  "doc_boundary": args.doc_boundary, "revision": args.revision}]
     for spec in specs:
         m = prepare_domain(spec["source"], spec["out"], spec["name"], str(spec["tokenizer"]), int(spec["seq_len"]),
                            _options(spec, args.quiet))

@@ -21,7 +21,7 @@ from data_prep import remote
 from data_prep.manifest import FORMAT_VERSION, MANIFEST, tokenizer_fingerprint, write_manifest
 from data_prep.pack import SPLITS, Packer, SplitFractions, split_of, text_digest
 from data_prep.shards import SplitWriters
-from data_prep.sources import HF_PREFIX, SourceError, iter_docs, sha256_file, source_files, source_kind
+from data_prep.sources import HF_PREFIX, SourceError, hf_spec, iter_docs, sha256_file, source_files, source_kind
 from data_prep.tokenize import batches, document_bos, encode_all, load_tokenizer
 from data_prep.errors import OdysseyError
 
@@ -45,6 +45,8 @@ class PrepOptions:
     workers: int = field(default_factory=default_workers)  # tokenizer processes; 0 tokenizes in this process
     overwrite: bool = False
     progress: bool = True
+    boundary: str = "file"  # text files: one document per file, per line, or per blank-line block (text_files.py)
+    revision: str | None = None  # hf:// hub datasets: a branch, tag or commit
 
 
 def prepare_domain(source: str | Path, out_dir: str | Path, domain: str, tokenizer_path: str, seq_len: int,
@@ -97,12 +99,13 @@ class SourceStats:
     skipped_short: int = 0
     skipped_duplicate: int = 0
     non_utf8_docs: int = 0  # kept, with invalid bytes replaced by U+FFFD
+    own_split_docs: int = 0  # kept documents whose split the source named (then no document is split by hash)
 
 
 def _filtered(source, opts: PrepOptions, stats: SourceStats):
     """(text, split) for each document that passes the filters."""
     seen: set[bytes] = set()
-    for doc in iter_docs(source, opts.text_field):
+    for doc in iter_docs(source, opts.text_field, opts.boundary, opts.revision):
         stats.docs_read += 1
         stats.non_utf8_docs += doc.bad_bytes
         if len(doc.text) < opts.min_chars or len(doc.text.strip()) < opts.min_chars:
@@ -115,7 +118,8 @@ def _filtered(source, opts: PrepOptions, stats: SourceStats):
                 continue
             seen.add(digest)
         stats.docs_kept += 1
-        yield doc.text, split_of(doc.text, opts.fractions, digest)
+        stats.own_split_docs += doc.split is not None
+        yield doc.text, doc.split or split_of(doc.text, opts.fractions, digest)
 
 
 def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: PrepOptions) -> dict:
@@ -138,18 +142,32 @@ def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: 
             p.finish()
     bar.close()
     split_stats = {s: asdict(p.stats) for s, p in packers.items()}
+    _check_splits(domain, source, seq_len, opts, stats, split_stats)
+    seconds = time.time() - started
+    return _manifest(source, kind, domain, tokenizer, seq_len, opts, stats, split_stats, seconds, n_tokens, tmp)
+
+
+def _check_splits(domain: str, source, seq_len: int, opts: PrepOptions, stats: SourceStats, split_stats: dict) -> None:
+    """Every split that should have data has at least one full sample: train always; val/test where their fraction
+    is above 0, or, for a source with its own splits, where the source put documents."""
     if stats.docs_kept == 0:
         raise PrepError(f"domain '{domain}': source {source} holds no non-empty documents "
                         f"({stats.docs_read} read, {stats.skipped_short} shorter than {opts.min_chars} chars, "
                         f"{stats.skipped_duplicate} duplicates)")
-    wanted = {"train": True, "val": opts.fractions.val > 0, "test": opts.fractions.test > 0}
+    if stats.own_split_docs:
+        wanted = {split: split == "train" or st["docs"] > 0 for split, st in split_stats.items()}
+    else:
+        wanted = {"train": True, "val": opts.fractions.val > 0, "test": opts.fractions.test > 0}
     for split, st in split_stats.items():
         if wanted[split] and st["samples"] == 0:
             raise PrepError(
                 f"domain '{domain}': {split} split has no full sample of {seq_len} tokens "
                 f"({st['docs']} docs, {st['dropped_tokens']} tokens); add text or lower --seq-len"
             )
-    seconds = time.time() - started
+
+
+def _manifest(source, kind: str, domain: str, tokenizer, seq_len: int, opts: PrepOptions, stats: SourceStats,
+              split_stats: dict, seconds: float, n_tokens: int, tmp: Path) -> dict:
     is_local_path = not str(source).startswith(HF_PREFIX)
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -157,12 +175,15 @@ def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: 
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seq_len": seq_len,
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "split_fractions": {"val": opts.fractions.val, "test": opts.fractions.test},
+        "splits_from": "source" if stats.own_split_docs else "document hash",
+        "split_fractions": None if stats.own_split_docs else {"val": opts.fractions.val, "test": opts.fractions.test},
         "splits": split_stats,
         "source": {
             "path": str(Path(source).resolve()) if is_local_path else str(source),
             "kind": kind,
-            "text_field": opts.text_field if kind != "text_dir" else None,
+            "text_field": opts.text_field if kind not in ("text_dir", "archive") else None,
+            "boundary": opts.boundary if kind in ("text_dir", "archive") else None,
+            "revision": opts.revision,
             **asdict(stats),
             "min_chars": opts.min_chars,
             "dedup": opts.dedup,
@@ -181,7 +202,7 @@ def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: 
 
 
 def _rel(f: Path, source) -> str:
-    base = Path(str(source)[len(HF_PREFIX):].split("@")[0]) if str(source).startswith(HF_PREFIX) else Path(source)
+    base = Path(hf_spec(str(source))[0]) if str(source).startswith(HF_PREFIX) else Path(source)
     return f.relative_to(base).as_posix() if base.is_dir() else f.name
 
 

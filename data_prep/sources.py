@@ -1,14 +1,17 @@
 """Read documents from a domain source, streaming (memory does not grow with the source's size).
 
 Kinds, told apart by the path:
-- a folder of text files (.txt, .md, .rst, .py or no suffix), one document per file, in sorted order;
+- a folder of text files (.txt, .md, .rst, .py or no suffix), or an archive of them (.tar[.gz|.xz], .tgz, .zip),
+  in sorted order, cut into documents per file, per line or per blank-line-separated block (data_prep/text_files.py);
 - `.jsonl`, `.jsonl.gz`, `.jsonl.zst` (one JSON record per line, text in a chosen field) and `.parquet`;
 - a HF dataset folder written by `save_to_disk`;
-- `hf://NAME_OR_FOLDER[@split]`: `datasets.load_dataset(..., streaming=True)`, for local data files or, where the
-  machine is online, a hub dataset.
+- `hf://NAME_OR_FOLDER[:CONFIG][@SPLIT]`: `datasets.load_dataset(..., streaming=True)`, for local data files or, where
+  the machine is online, a hub dataset (at `revision`).
 
-Each source yields `Doc(key, text, bad_bytes)`; `key` is stable across runs. Bytes that are not UTF-8 are replaced
-(U+FFFD) and the document is flagged, so prep can count them; they never crash a run.
+Each source yields `Doc(key, text, bad_bytes, split)`; `key` is stable across runs. `split` is the source's own split
+(train/val/test) where it brings one: text files named after a split, a HF dataset with train and validation/test
+splits; else None, and prep splits by document hash. Bytes that are not UTF-8 are replaced (U+FFFD) and the document
+is flagged, so prep can count them; they never crash a run.
 """
 from __future__ import annotations
 
@@ -20,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from data_prep import text_files
 from data_prep.errors import OdysseyError
+from data_prep.text_files import decode
 
-TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst", ".py", ""}
 HF_PREFIX = "hf://"
+HF_SPLITS = {"train": "train", "validation": "val", "valid": "val", "dev": "val", "test": "test"}
 
 
 class SourceError(OdysseyError, ValueError):
@@ -35,13 +40,7 @@ class Doc:
     key: str
     text: str
     bad_bytes: bool = False
-
-
-def decode(raw: bytes) -> tuple[str, bool]:
-    try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", errors="replace"), True
+    split: str | None = None  # the source's own split (train/val/test), or None: prep splits by hash
 
 
 def _is_hf_dataset(path: Path) -> bool:
@@ -58,23 +57,32 @@ def source_kind(source: str | Path) -> str:
         return "hf_disk"
     if path.is_dir():
         return "text_dir"
+    if text_files.is_archive(path):
+        return "archive"
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst", ".ndjson")):
         return "jsonl"
     if name.endswith(".parquet"):
         return "parquet"
-    raise SourceError(f"{path}: unsupported source (expected a text folder, .jsonl[.gz|.zst], .parquet, "
+    raise SourceError(f"{path}: unsupported source (expected a text folder or archive, .jsonl[.gz|.zst], .parquet, "
                       f"a HF save_to_disk folder or hf://NAME)")
 
 
 def _text_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in root.rglob("*") if p.is_file() and text_files.is_text_file(p.name))
+
+
+def hf_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """hf://NAME[:CONFIG][@SPLIT] → (name, config, split)."""
+    rest, _, split = spec[len(HF_PREFIX):].partition("@")
+    name, _, config = rest.partition(":")
+    return name, config or None, split or None
 
 
 def source_files(source: str | Path) -> list[Path]:
     kind = source_kind(source)
     if kind == "hf_load":
-        local = Path(str(source)[len(HF_PREFIX):].split("@")[0])
+        local = Path(hf_spec(str(source))[0])
         return sorted(p for p in local.rglob("*") if p.is_file()) if local.is_dir() else []
     path = Path(source)
     if kind == "text_dir":
@@ -140,49 +148,77 @@ def _parquet(path: Path, text_field: str) -> Iterator[Doc]:
             i += 1
 
 
-def _hf_rows(rows, text_field: str, where: str) -> Iterator[Doc]:
+def _hf_rows(rows, text_field: str, where: str, split: str | None = None) -> Iterator[Doc]:
     for i, row in enumerate(rows):
         text = _field(row, text_field, f"{where} row {i}")
-        yield Doc(str(i), text)
+        yield Doc(str(i) if split is None else f"{split}:{i}", text, split=split)
+
+
+def _own_splits(names: list[str]) -> dict[str, str] | None:
+    """{dataset split: train/val/test} when the splits are a train split plus validation and/or test, else None."""
+    mapped = {n: HF_SPLITS[n] for n in names if n in HF_SPLITS}
+    return mapped if "train" in mapped and len(set(mapped.values())) > 1 else None
 
 
 def _hf_disk(path: Path, text_field: str) -> Iterator[Doc]:
     import datasets
 
     ds = datasets.load_from_disk(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        if "train" not in ds:
-            raise SourceError(f"{path}: DatasetDict without a 'train' split (splits: {list(ds)})")
-        ds = ds["train"]
-    if text_field not in ds.column_names:
-        raise SourceError(f"{path}: no column '{text_field}' (columns: {ds.column_names[:8]})")
-    rows = (row for batch in ds.select_columns([text_field]).iter(batch_size=1024)
-            for row in ({text_field: t} for t in batch[text_field]) if row[text_field] is not None)
-    yield from _hf_rows(rows, text_field, str(path))
+    if not isinstance(ds, datasets.DatasetDict):
+        ds = datasets.DatasetDict({"train": ds})
+    if "train" not in ds:
+        raise SourceError(f"{path}: DatasetDict without a 'train' split (splits: {list(ds)})")
+    splits = _own_splits(list(ds)) or {"train": None}
+    for name, split in splits.items():
+        part = ds[name]
+        if text_field not in part.column_names:
+            raise SourceError(f"{path}: no column '{text_field}' (columns: {part.column_names[:8]})")
+        rows = ({text_field: t} for batch in part.select_columns([text_field]).iter(batch_size=1024)
+                for t in batch[text_field] if t is not None)
+        yield from _hf_rows(rows, text_field, str(path), split)
 
 
-def _hf_load(spec: str, text_field: str) -> Iterator[Doc]:
+def _hf_load(spec: str, text_field: str, revision: str | None) -> Iterator[Doc]:
+    """One split (`@SPLIT`, hash-split by prep), or without one the dataset's own train/validation/test splits."""
     import datasets
 
-    name, _, split = spec[len(HF_PREFIX):].partition("@")
+    name, config, split = hf_spec(spec)
     try:
-        ds = datasets.load_dataset(name, split=split or "train", streaming=True)
+        ds = datasets.load_dataset(name, config, split=split, streaming=True, revision=revision)
     except Exception as err:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
         raise SourceError(f"{spec}: load_dataset failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})") \
             from None
-    yield from _hf_rows(ds, text_field, spec)
+    if split is not None:
+        yield from _hf_rows(ds, text_field, spec)
+        return
+    own = _own_splits(list(ds))
+    for part, mapped in (own or {"train": None}).items():
+        if part not in ds:
+            raise SourceError(f"{spec}: no 'train' split (splits: {list(ds)}); name one with @SPLIT")
+        yield from _hf_rows(ds[part], text_field, spec, mapped)
 
 
-def iter_docs(source: str | Path, text_field: str = "text") -> Iterator[Doc]:
+def _text_docs(names: list[str], files, boundary: str) -> Iterator[Doc]:
+    """Documents of (name, bytes) files, in the split each file names when all of them name one."""
+    splits = text_files.own_splits(names) or {}
+    for name, raw in files:
+        text, bad = decode(raw)
+        for i, doc in enumerate(text_files.documents(text, boundary)):
+            yield Doc(name if boundary == "file" else f"{name}:{i}", doc, bad, splits.get(name))
+
+
+def iter_docs(source: str | Path, text_field: str = "text", boundary: str = "file",
+              revision: str | None = None) -> Iterator[Doc]:
+    """Every document of a source. `boundary` cuts text files (file, line, blank_line); `revision` pins a hub dataset."""
     kind = source_kind(source)
     if kind == "hf_load":
-        yield from _hf_load(str(source), text_field)
+        yield from _hf_load(str(source), text_field, revision)
         return
     path = Path(source)
     if kind == "text_dir":
-        for f in _text_files(path):
-            text, bad = decode(f.read_bytes())
-            yield Doc(str(f.relative_to(path)), text, bad)
+        yield from _text_docs(text_files.folder_names(path), text_files.folder_files(path), boundary)
+    elif kind == "archive":
+        yield from _text_docs(text_files.archive_names(path), text_files.archive_files(path), boundary)
     elif kind == "jsonl":
         yield from _jsonl(path, text_field)
     elif kind == "parquet":
