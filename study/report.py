@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data_prep.similarity import MEASURES  # noqa: E402
+from study.findings import findings  # noqa: E402
 
 
 def domain_result(client, experiment: str, parent_id: str, domain: str, run_dir: Path) -> dict:
@@ -29,7 +30,7 @@ def domain_result(client, experiment: str, parent_id: str, domain: str, run_dir:
     return {"domain": domain, "run_id": run.info.run_id, "ppl0": ppl[0].value, "ppl_last": ppl[-1].value,
             "last_step": last, "delta_ppl": ppl[-1].value - ppl[0].value, "ppl_ratio": ppl[-1].value / ppl[0].value,
             "topk_share": tokens.get("topk_share"), "category_share": tokens.get("category_share", {}),
-            "total_delta": tokens.get("total_delta"),
+            "total_delta": tokens.get("total_delta"), "category_count": tokens.get("category_count", {}),
             "top5": [r["token"] for r in tokens.get("top_degrading", [])[:5]],
             "curves": run_dir / "curves" / "degradation.png", "token_png": tokens_json.with_suffix(".png")}
 
@@ -73,7 +74,8 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" style="max-width:100%">'
 
 
-def write_html(study, rows: list[dict], corr_all: dict, primary: str, out_dir: Path, note: str) -> Path:
+def write_html(study, rows: list[dict], corr_all: dict, primary: str, out_dir: Path, note: str,
+               statements: list[str]) -> Path:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in ["domain", primary, "ppl @0", "ppl @last", "Δppl", "ratio",
                                                   "top-5 degrading tokens", f"top-{study.train.eval.top_k} share"])
@@ -98,6 +100,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 <p>Base model <code>{e(study.model.path)}</code>; reference <code>{e(study.reference.name)}</code>; one continued-pretraining
 run per domain. Δppl is the domain's own test-split perplexity at the last eval minus at step 0 (positive: worse).</p>
 <p>{e(note)}</p>
+<h2>The paper's three findings, tested on this study</h2><ol>{''.join(f"<li>{e(t)}</li>" for t in statements)}</ol>
 <h2>Per domain</h2><table><tr>{head}</tr>{body}</table>
 <h2>Similarity against Δppl</h2><table><tr><th>measure</th><th>Pearson r</th><th>p</th><th>Spearman ρ</th><th>p</th></tr>
 {corr_rows}</table>{_img(out_dir / 'study' / 'scatter.png')}
@@ -122,6 +125,26 @@ def aggregate(study, similarity: dict, client, tracker) -> dict:
         rows.append(r)
     primary = study.similarity.primary
     corr_all = {m: correlations([r["similarity"][m] for r in rows], [r["delta_ppl"] for r in rows]) for m in MEASURES}
+    statements = findings(rows, corr_all[primary], primary, study.train.eval.top_k)
+    log_metrics(tracker, rows, corr_all, primary)
+    png = scatter(rows, primary, corr_all[primary], out_dir / "study" / "scatter.png")
+    note = (f"{len(rows)} domains: with so few points the p-values are weak evidence; the per-domain numbers and "
+            f"token attribution carry the finding.")
+    report = write_html(study, rows, corr_all, primary, out_dir, note, statements)
+    table = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in rows]
+    (out_dir / "study" / "summary.json").write_text(json.dumps({"rows": table, "correlations": corr_all,
+                                                                "primary": primary, "findings": statements}, indent=2))
+    for f in (png, out_dir / "study" / "summary.json"):
+        tracker.log_artifact(f, "study")
+    tracker.log_artifact(report, "report")
+    for r in rows:
+        if r["curves"].is_file():
+            tracker.log_artifact(r["curves"], f"curves/{r['domain']}")
+    print_summary(rows, primary, corr_all[primary], statements)
+    return {"rows": table, "correlations": corr_all, "findings": statements}
+
+
+def log_metrics(tracker, rows: list[dict], corr_all: dict, primary: str) -> None:
     metrics = {f"study/{k}": v for k, v in corr_all[primary].items()}
     for m, c in corr_all.items():
         metrics.update({f"study/{m}/{k}": v for k, v in c.items()})
@@ -130,24 +153,15 @@ def aggregate(study, similarity: dict, client, tracker) -> dict:
         metrics[f"study/{r['domain']}/ppl_ratio"] = r["ppl_ratio"]
     tracker.log_metrics({k: v for k, v in metrics.items() if v == v}, step=0)  # NaN (n < 3) is not logged
     tracker.set_tag("study.primary_similarity", primary)
-    png = scatter(rows, primary, corr_all[primary], out_dir / "study" / "scatter.png")
-    note = (f"{len(rows)} domains: with so few points the p-values are weak evidence; the per-domain numbers and "
-            f"token attribution carry the finding.")
-    report = write_html(study, rows, corr_all, primary, out_dir, note)
-    table = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in rows]
-    (out_dir / "study" / "summary.json").write_text(json.dumps({"rows": table, "correlations": corr_all,
-                                                                "primary": primary}, indent=2))
-    for f in (png, out_dir / "study" / "summary.json"):
-        tracker.log_artifact(f, "study")
-    tracker.log_artifact(report, "report")
-    for r in rows:
-        if r["curves"].is_file():
-            tracker.log_artifact(r["curves"], f"curves/{r['domain']}")
+
+
+def print_summary(rows: list[dict], primary: str, c: dict, statements: list[str]) -> None:
     print(f"\n{'domain':<12} {primary:>12} {'ppl@0':>8} {'ppl@last':>9} {'Δppl':>8}  top-5 degrading tokens")
     for r in rows:
         print(f"{r['domain']:<12} {r['similarity'][primary]:>12.4g} {r['ppl0']:>8.2f} {r['ppl_last']:>9.2f} "
               f"{r['delta_ppl']:>+8.2f}  {' | '.join(r['top5'])}")
-    c = corr_all[primary]
     print(f"{primary} vs Δppl: Pearson r {c['pearson_r']:.3f} (p {c['pearson_p']:.3g}), "
           f"Spearman rho {c['spearman_rho']:.3f} (p {c['spearman_p']:.3g})")
-    return {"rows": table, "correlations": corr_all}
+    print("\nThe paper's findings, tested here:")
+    for i, text in enumerate(statements, 1):
+        print(f"{i}. {text}")
