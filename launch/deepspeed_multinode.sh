@@ -22,6 +22,7 @@ die() { echo "odyssey: error: $*" >&2; exit 2; }
 [[ $# -ge 1 ]] || die "usage: HOSTS=a,b $0 CONFIG.yaml [overrides...] [--resume auto]"
 [[ -f "$1" ]] || die "config not found: $1"
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
+export PYTHONSAFEPATH=1  # no working-directory folder (say a study's study/ output) may shadow odyssey's packages
 command -v pdsh >/dev/null || die "pdsh not found on PATH (Debian/Ubuntu: apt-get install pdsh)"
 
 LAUNCH_DIR=${LAUNCH_DIR:-logs/launch-$(date +%Y%m%d-%H%M%S)-$$}

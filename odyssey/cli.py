@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
+    # the ranks and runs this command starts must not import a working-directory folder named like a package
+    os.environ.setdefault("PYTHONSAFEPATH", "1")
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning that it guessed
     # under the deepspeed launcher (`deepspeed --module odyssey eval ...`) every rank also gets --local_rank=N;

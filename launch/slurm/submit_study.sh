@@ -16,6 +16,7 @@ die() { echo "odyssey: error: $*" >&2; exit 2; }
 STUDY=$(realpath "$1")
 here=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
+export PYTHONSAFEPATH=1  # no working-directory folder (say a study's study/ output) may shadow odyssey's packages
 export PYTHON
 command -v sbatch >/dev/null || die "sbatch not found: run this on a SLURM login node"
 domains=$("$PYTHON" -m odyssey study "$STUDY" --list) || exit 2  # validates the study file before submitting

@@ -76,3 +76,12 @@ def test_train_bad_override_values(tmp_path, assets, override):
     cfg = write_config(tmp_path, assets, assets["domains"] / "prose")
     r, errors = run(["train", str(cfg), override], tmp_path)
     assert_one_line(r, errors, r"config key '" + override.split("=")[0].split(".")[0])
+
+
+def test_folders_named_like_our_packages_in_the_working_directory_do_not_shadow_them(tmp_path):
+    """A study's output folder is often called study/ (with similarity/ inside), next to analysis/ notebooks: run
+    from there, `python -m odyssey` must still import its own packages, and pass that on to what it starts."""
+    for folder in ("study/similarity", "analysis", "trainer"):
+        (tmp_path / folder).mkdir(parents=True)
+    r, errors = run(["study", "missing.yaml", "--list"], tmp_path)
+    assert_one_line(r, errors, r"study file not found: missing.yaml")
