@@ -216,9 +216,11 @@ def iter_docs(source: str | Path, text_field: str = "text", boundary: str = "fil
         return
     path = Path(source)
     if kind == "text_dir":
-        yield from _text_docs(text_files.folder_names(path), text_files.folder_files(path), boundary)
+        names = text_files.folder_names(path)
+        yield from _text_docs(names, text_files.folder_files(path, names), boundary)
     elif kind == "archive":
-        yield from _text_docs(text_files.archive_names(path), text_files.archive_files(path), boundary)
+        names = text_files.archive_names(path)  # one pass over a compressed tar for the names, one for the files
+        yield from _text_docs(names, text_files.archive_files(path, names), boundary)
     elif kind == "jsonl":
         yield from _jsonl(path, text_field)
     elif kind == "parquet":

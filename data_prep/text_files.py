@@ -60,8 +60,8 @@ def folder_names(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and is_text_file(p.name))
 
 
-def folder_files(root: Path) -> Iterator[tuple[str, bytes]]:
-    for name in folder_names(root):
+def folder_files(root: Path, names: list[str]) -> Iterator[tuple[str, bytes]]:
+    for name in names:
         yield name, (root / name).read_bytes()
 
 
@@ -73,9 +73,8 @@ def archive_names(path: Path) -> list[str]:
         return sorted(m.name for m in tar.getmembers() if m.isfile() and is_text_file(m.name))
 
 
-def archive_files(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(member name, bytes) of every text file in the archive, in name order."""
-    names = archive_names(path)
+def archive_files(path: Path, names: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(member name, bytes) of the named text files (from `archive_names`) of the archive, in that order."""
     if path.name.lower().endswith(".zip"):
         with zipfile.ZipFile(path) as z:
             for name in names:

@@ -5,9 +5,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 # lower number = lower layer; a package may import its own layer's modules and those of lower layers only.
-# launch (hostfile, SLURM ids) and data_prep share the bottom; launch needs only data_prep's error type.
+# launch (hostfile, SLURM ids) needs only data_prep's error type.
 LAYERS = {"data_prep": 0, "launch": 1, "analysis": 1, "trainer": 2, "study": 3, "odyssey": 4}
-SAME_LAYER_ALLOWED = {("launch", "data_prep")}  # launch is 1, data_prep 0: listed for the reader, allowed anyway
 MAX_FUNCTION_LINES = 60
 
 
