@@ -72,6 +72,7 @@ def check_training(args, model, domain, flops_token: float, rows: list) -> dict:
     data and DeepSpeed JSON. Returns the run config."""
     import numpy as np
 
+    from bench.workload import token_rows
     from trainer.meter import detect_peak_tflops
 
     timed_end = args.warmup + args.steps

@@ -18,7 +18,7 @@ BINARY=(
   transformers==4.57.6 "tokenizers>=0.22,<0.23" "huggingface-hub>=0.34,<1.0"
   mosaicml-streaming==0.13.0 zstd python-snappy cramjam brotli
   mlflow-skinny==3.17.2 cachetools databricks-sdk google-auth rsa pyasn1 pyasn1-modules gitpython gitdb smmap
-  opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions opentelemetry-proto importlib-metadata
+  opentelemetry-api opentelemetry-sdk opentelemetry-semantic-conventions opentelemetry-proto "importlib-metadata<8.8" zipp
   sqlparse python-dotenv catalogue fastapi starlette
   "pydantic>=2.7,<3" pydantic-core annotated-types typing-inspection hjson zstandard
 )
