@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_prep)
 
 
-def _options(spec: dict, quiet: bool):
+def prep_options(spec: dict, quiet: bool):
+    """PrepOptions from one domain's keys (a prep YAML entry, the CLI flags, or a study domain)."""
     from data_prep.pack import SplitFractions
     from data_prep.prepare import PrepError, PrepOptions, default_workers
 
@@ -71,20 +72,24 @@ def _options(spec: dict, quiet: bool):
                        boundary=spec.get("doc_boundary", "file"), revision=spec.get("revision"))
 
 
-class PrepDefaults(Section):
-    """Keys a domain may set, or the file may set once for all domains (None: not set here)."""
-    out: str | None = None
-    tokenizer: str | None = None
-    seq_len: int | None = Field(default=None, gt=1)
+class SourceKeys(Section):
+    """How one source is read, filtered and split (None: not set here). A study domain with a `source` takes these."""
     text_field: str | None = None
     doc_boundary: Literal["file", "line", "blank_line"] | None = None
     revision: str | None = None
     min_chars: int | None = Field(default=None, ge=0)
     dedup: bool | None = None
-    compression: str | None = None
-    size_limit: str | int | None = None
     val: float | None = Field(default=None, ge=0, lt=1)
     test: float | None = Field(default=None, ge=0, lt=1)
+
+
+class PrepDefaults(SourceKeys):
+    """Keys a domain may set, or the file may set once for all domains (None: not set here)."""
+    out: str | None = None
+    tokenizer: str | None = None
+    seq_len: int | None = Field(default=None, gt=1)
+    compression: str | None = None
+    size_limit: str | int | None = None
     workers: int | None = Field(default=None, ge=0)
     overwrite: bool | None = None
 
@@ -156,7 +161,7 @@ def run_prep(args: argparse.Namespace) -> int:
                   "doc_boundary": args.doc_boundary, "revision": args.revision}]
     for spec in specs:
         m = prepare_domain(spec["source"], spec["out"], spec["name"], str(spec["tokenizer"]), int(spec["seq_len"]),
-                           _options(spec, args.quiet))
+                           prep_options(spec, args.quiet))
         summary = {s: {k: v for k, v in st.items() if k in ("docs", "samples", "tokens")}
                    for s, st in m["splits"].items()}
         print(f"prepared domain '{m['domain']}' in {spec['out']}/{m['domain']} ({m['seconds']}s, "

@@ -11,11 +11,18 @@ def add_parser(sub) -> None:
                                     "docs/STUDY.md).")
     st.add_argument("study")
     part = st.add_mutually_exclusive_group()  # the parts a SLURM job array runs (launch/slurm/submit_study.sh)
-    part.add_argument("--list", action="store_true", help="print the domain names, one per line, and exit")
+    part.add_argument("--list", action="store_true", help="print the runs (domain, or model/domain with several "
+                                                          "models), one per line, and exit")
+    part.add_argument("--dry-run", action="store_true", help="print the plan: runs, tokens per run, GPU-hours and "
+                                                             "memory per device for each model; no compute")
     part.add_argument("--setup", action="store_true", help="only the parent run, similarities and run configs")
-    part.add_argument("--config-for", metavar="DOMAIN", help="print the run config of a domain (name or 0-based "
-                                                             "index, e.g. $SLURM_ARRAY_TASK_ID); needs --setup first")
-    part.add_argument("--aggregate", action="store_true", help="only the analysis; every domain must have finished")
+    part.add_argument("--config-for", metavar="RUN", help="print the run config of a run (as --list names it, or its "
+                                                          "0-based index, e.g. $SLURM_ARRAY_TASK_ID); needs --setup")
+    part.add_argument("--aggregate", action="store_true", help="only the analysis; every run must have finished")
+    st.add_argument("--world-size", type=int, help="with --dry-run: devices per run (default: the study's nproc)")
+    st.add_argument("--gpus-per-node", type=int, help="with --dry-run: devices per node (default: min(world, 8))")
+    st.add_argument("--peak-tflops", type=float, help="with --dry-run: peak per device (default: H100 SXM bf16, 989)")
+    st.add_argument("--mfu", type=float, help="with --dry-run: the MFU to assume (default 0.40)")
     st.set_defaults(func=cmd_study)
 
     s = sub.add_parser("similarity", help="similarity of prepared domains to a reference sample",
@@ -39,7 +46,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     from study.config import load_study
 
     if args.list:
-        print("\n".join(d.name for d in load_study(args.study).domains))
+        print("\n".join(load_study(args.study).run_keys))
+    elif args.dry_run:
+        return dry_run(args)
     elif args.setup:
         runs.setup_study(args.study)
     elif args.config_for is not None:
@@ -48,6 +57,22 @@ def cmd_study(args: argparse.Namespace) -> int:
         runs.aggregate_study(args.study)
     else:
         runs.run_study(args.study)
+    return 0
+
+
+def dry_run(args: argparse.Namespace) -> int:
+    from data_prep.config import ConfigError
+    from study.config import load_study
+    from study.plan import DEFAULT_MFU, H100_BF16_TFLOPS, print_study_plan, study_plan
+
+    study = load_study(args.study)
+    world = args.world_size or study.nproc
+    gpus = args.gpus_per_node or min(world, 8)
+    peak, mfu = args.peak_tflops or H100_BF16_TFLOPS, args.mfu or DEFAULT_MFU
+    if world < 1 or gpus < 1 or world % gpus or peak <= 0 or not 0 < mfu <= 1:
+        raise ConfigError("--dry-run needs world size a multiple of --gpus-per-node, --peak-tflops > 0 and "
+                          "0 < --mfu <= 1")
+    print_study_plan(study, study_plan(study, world, gpus, peak, mfu), world, gpus, peak, mfu)
     return 0
 
 

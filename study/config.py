@@ -9,14 +9,26 @@ unknown key`.
     train: {optim: {lr: 1e-4}, run: {max_steps: 200}, eval: {interval: 50}}   # run-config sections, for every run
     nproc: 2
     similarity: {primary: unigram_jsd, chunks: 256}
+
+Several base models: `models` instead of `model`, each with a name and its own reference (a sample of its pretraining
+data). Domains then usually name a raw `source` (as in a prep YAML) rather than a prepared `path`: the study prepares
+each source once per tokenizer (study/prep.py), under `prep.out`, keyed by the tokenizer's fingerprint.
+
+    models:
+      - {name: gpt2, path: openai-community/gpt2, reference: {name: owt, source: data/owt_sample/}}
+      - {name: olmo-1b, path: allenai/OLMo-1B-hf, reference: {name: dolma, source: data/dolma_sample/}}
+    prep: {seq_len: 1024}
+    domains: [{name: culture, source: m2d2/Culture_and_the_arts.tar.gz}]
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from data_prep.cli import PrepDefaults, SourceKeys
 from data_prep.config import ConfigError, Section, read_yaml, validate
 from trainer.config import (CheckpointCfg, DataOptions, DeepSpeedCfg, EvalCfg, EvalDomainCfg, MeterCfg, ModelCfg,
                             OptimCfg, RunCfg)
@@ -45,6 +57,29 @@ class TrainSections(Section):
         return self
 
 
+class StudyDomain(SourceKeys):
+    """A domain or reference: a prepared folder (`path`, made with the model's tokenizer) or a raw `source` that the
+    study prepares for each model's tokenizer, read with the prep keys given beside it."""
+    name: str
+    path: str | None = None
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _path_or_source(self) -> "StudyDomain":
+        if (self.path is None) == (self.source is None):
+            raise ValueError(f"domain '{self.name}': give either path (prepared) or source (raw), not both or neither")
+        read_keys = sorted(k for k in self.model_fields_set if k in SourceKeys.model_fields)
+        if self.path is not None and read_keys:
+            raise ValueError(f"domain '{self.name}': {read_keys[0]} applies to a raw source, not a prepared path")
+        return self
+
+
+class StudyModel(ModelCfg):
+    """One base model of a study: the model section of its runs, a name for its runs and report, its reference."""
+    name: str = Field(pattern=r"^[\w.-]+$")
+    reference: StudyDomain | None = None  # a sample of this model's pretraining data; default: the study's
+
+
 class SimilarityCfg(Section):
     primary: Literal["unigram_jsd", "unigram_cosine", "emb_cosine", "emb_mmd", "emb_frechet"] = "unigram_jsd"
     chunks: int = Field(default=256, gt=1)
@@ -56,9 +91,11 @@ class SimilarityCfg(Section):
 class StudyCfg(Section):
     name: str
     out_dir: str
-    model: ModelCfg
-    reference: EvalDomainCfg
-    domains: list[EvalDomainCfg] = Field(min_length=2)
+    model: ModelCfg | None = None  # one base model, or
+    models: list[StudyModel] | None = Field(default=None, min_length=1)  # several
+    reference: StudyDomain | None = None  # for every model without its own
+    domains: list[StudyDomain] = Field(min_length=2)
+    prep: PrepDefaults = Field(default_factory=PrepDefaults)  # for the domains given as raw sources
     train: TrainSections = Field(default_factory=TrainSections)
     nproc: int = Field(default=1, gt=0)
     eval_reference: bool = True  # also evaluate the reference in every run
@@ -66,11 +103,42 @@ class StudyCfg(Section):
     similarity: SimilarityCfg = Field(default_factory=SimilarityCfg)
 
     @model_validator(mode="after")
-    def _distinct_names(self) -> "StudyCfg":
+    def _consistent(self) -> "StudyCfg":
+        if (self.model is None) == (self.models is None):
+            raise ValueError("give either model (one base model) or models (several), not both or neither")
         names = [d.name for d in self.domains]
-        if len(set(names)) != len(names) or self.reference.name in names:
-            raise ValueError("study domains need distinct names, none equal to the reference's")
+        if len(set(names)) != len(names):
+            raise ValueError("study domains need distinct names")
+        for m in self.model_list:
+            if m.reference is None:
+                raise ValueError(f"model '{m.name}' has no reference: set reference for it or for the study")
+            if m.reference.name in names:
+                raise ValueError(f"reference '{m.reference.name}' has the name of a study domain")
+        if len({m.name for m in self.model_list}) != len(self.model_list):
+            raise ValueError("study models need distinct names")
+        for key in ("tokenizer", "overwrite"):
+            if key in self.prep.model_fields_set:
+                raise ValueError(f"prep.{key} is set by the study (each model's tokenizer; a changed source re-prepares)")
+        raw = [d.name for d in self.domains + [m.reference for m in self.model_list] if d.source is not None]
+        if raw and self.prep.seq_len is None:
+            raise ValueError(f"prep.seq_len is required: domain '{raw[0]}' is a raw source")
         return self
+
+    @property
+    def model_list(self) -> list[StudyModel]:
+        """The base models; a single `model` is named after its folder and takes the study's reference."""
+        if self.models is not None:
+            return [m if m.reference else m.model_copy(update={"reference": self.reference}) for m in self.models]
+        name = re.sub(r"[^\w.-]", "_", Path(self.model.path).name) or "model"
+        return [StudyModel(name=name, reference=self.reference, **self.model.model_dump())]
+
+    def run_key(self, model: str, domain: str) -> str:
+        """A run's name: the domain, or model/domain in a study of several models (folders, MLflow names)."""
+        return domain if self.models is None else f"{model}/{domain}"
+
+    @property
+    def run_keys(self) -> list[str]:
+        return [self.run_key(m.name, d.name) for m in self.model_list for d in self.domains]
 
     @property
     def out(self) -> Path:

@@ -4,7 +4,8 @@
 2. how much worse correlates with the domain's similarity to the model's original pretraining data;
 3. a few uninformative tokens (newlines and whitespace, punctuation, function words) carry the degradation.
 
-Each statement gives the numbers that support or contradict it; none is assumed. Pure: rows in, sentences out.
+Each statement gives the numbers that support or contradict it; none is assumed. Pure: rows in, sentences out; a
+row's `label` names its run (the domain, or model/domain).
 """
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ ALPHA = 0.05
 def worse_on_own_domain(rows: list[dict]) -> str:
     worse = sorted((r for r in rows if r["delta_ppl"] > 0), key=lambda r: -r["ppl_ratio"])
     n = len(rows)
+    what = "domains" if all(r["label"] == r["domain"] for r in rows) else "runs (model/domain)"
     if not worse:
         best = min(rows, key=lambda r: r["ppl_ratio"])
-        return (f"Not seen here: same-domain test perplexity improved on all {n} domains (ratios to step 0 from "
+        return (f"Not seen here: same-domain test perplexity improved on all {n} {what} (ratios to step 0 from "
                 f"{best['ppl_ratio']:.3f} to {max(r['ppl_ratio'] for r in rows):.3f}).")
-    listed = ", ".join(f"{r['domain']} {r['ppl0']:.2f} → {r['ppl_last']:.2f} ({r['ppl_ratio'] - 1:+.1%})" for r in worse)
-    return f"Seen here: same-domain test perplexity got worse on {len(worse)} of {n} domains: {listed}."
+    listed = ", ".join(f"{r['label']} {r['ppl0']:.2f} → {r['ppl_last']:.2f} ({r['ppl_ratio'] - 1:+.1%})" for r in worse)
+    return f"Seen here: same-domain test perplexity got worse on {len(worse)} of {n} {what}: {listed}."
 
 
 def correlates_with_similarity(corr: dict, measure: str, n: int) -> str:
@@ -50,7 +52,7 @@ def carried_by_few_tokens(rows: list[dict], top_k: int) -> str:
         total_count = sum(counts.values()) or 1
         occurrence = sum(counts.get(c, 0) for c in UNINFORMATIVE) / total_count
         sense = "worse" if r["total_delta"] > 0 else "better"
-        parts.append(f"{r['domain']} ({sense} by {abs(r['total_delta']):.0f} nats): top-{top_k} tokens "
+        parts.append(f"{r['label']} ({sense} by {abs(r['total_delta']):.0f} nats): top-{top_k} tokens "
                      f"{r['topk_share']:.0%}, uninformative categories {share:.0%} of the change while "
                      f"{occurrence:.0%} of the tokens")
     if not parts:

@@ -19,12 +19,13 @@ def measure(reference: Path, domains: dict[str, Path], tokenizer_path: str, embe
     return result, png
 
 
-def log_similarity(tracker, result: dict, files: list[Path]) -> None:
-    """`similarity/<domain>/<measure>` at step 0, and the files under the run's similarity/ artifacts."""
-    tracker.log_metrics({f"similarity/{d}/{m}": v for d, ms in result["to_reference"].items() for m, v in ms.items()},
-                        step=0)
+def log_similarity(tracker, result: dict, files: list[Path], prefix: str = "") -> None:
+    """`similarity/<prefix><domain>/<measure>` at step 0, and the files under the run's similarity/<prefix>
+    artifacts. The prefix is `<model>/` in a study of several models."""
+    tracker.log_metrics({f"similarity/{prefix}{d}/{m}": v for d, ms in result["to_reference"].items()
+                         for m, v in ms.items()}, step=0)
     for f in files:
-        tracker.log_artifact(f, "similarity")
+        tracker.log_artifact(f, f"similarity/{prefix}".rstrip("/"))
 
 
 def print_table(result: dict) -> None:

@@ -134,7 +134,7 @@ similarity: {{chunks: 32}}
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     ids = dict(re.findall(r"(\w+)=(\S+)", r.stdout))
-    assert ids["domains"] == "2"
+    assert ids["runs"] == "2"
     # the aggregation waits on the whole array
     assert jobs(slurm, ids["aggregate"])[0]["Dependency"].startswith(f"afterok:{ids['array']}")
     agg = wait_done(slurm, ids["aggregate"], timeout=1200)

@@ -5,7 +5,7 @@ from study.findings import carried_by_few_tokens, correlates_with_similarity, wo
 
 
 def row(domain, ppl0, ppl_last, total_delta=None, shares=None, counts=None, topk=0.5):
-    return {"domain": domain, "ppl0": ppl0, "ppl_last": ppl_last, "delta_ppl": ppl_last - ppl0,
+    return {"domain": domain, "label": domain, "ppl0": ppl0, "ppl_last": ppl_last, "delta_ppl": ppl_last - ppl0,
             "ppl_ratio": ppl_last / ppl0, "total_delta": total_delta, "topk_share": topk,
             "category_share": shares or {}, "category_count": counts or {}}
 

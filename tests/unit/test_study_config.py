@@ -1,0 +1,73 @@
+"""The study file with several models: what it accepts and refuses, how runs are named, and how raw sources are
+prepared once per tokenizer and prepared again only when what they depend on changes."""
+import pytest
+
+from data_prep.config import ConfigError, validate
+from study.config import StudyCfg
+from study.prep import model_paths, planned_paths
+from tests import tiny
+
+
+def study(**over):
+    tree = {"name": "s", "out_dir": "/tmp/s", "models": [{"name": "a", "path": "/m/a"}, {"name": "b", "path": "/m/b"}],
+            "reference": {"name": "ref", "path": "/d/ref"},
+            "domains": [{"name": "x", "path": "/d/x"}, {"name": "y", "path": "/d/y"}]}
+    tree.update(over)
+    return validate(StudyCfg, tree, "study")
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"model": {"path": "/m/c"}}, "either model"),
+    ({"reference": None}, "model 'a' has no reference"),
+    ({"domains": [{"name": "x", "source": "/raw/x"}, {"name": "y", "path": "/d/y"}]}, "prep.seq_len is required"),
+    ({"domains": [{"name": "x", "path": "/d/x", "doc_boundary": "line"}, {"name": "y", "path": "/d/y"}]},
+     "doc_boundary applies to a raw source"),
+    ({"domains": [{"name": "x", "path": "/d/x", "source": "/raw/x"}, {"name": "y", "path": "/d/y"}]}, "not both"),
+    ({"prep": {"tokenizer": "/t"}}, "prep.tokenizer is set by the study"),
+    ({"models": [{"name": "a", "path": "/m/a"}, {"name": "a", "path": "/m/b"}]}, "distinct names"),
+    ({"models": [{"name": "a/b", "path": "/m/a"}]}, "models.0.name"),
+    ({"domains": [{"name": "ref", "path": "/d/x"}, {"name": "y", "path": "/d/y"}]}, "name of a study domain"),
+])
+def test_bad_study_files_are_refused_with_the_reason(over, message):
+    with pytest.raises(ConfigError, match=message):
+        study(**over)
+
+
+def test_runs_are_model_slash_domain_only_with_several_models():
+    many = study(models=[{"name": "a", "path": "/m/a"}, {"name": "b", "path": "/m/b",
+                                                        "reference": {"name": "books", "path": "/d/books"}}])
+    assert many.run_keys == ["a/x", "a/y", "b/x", "b/y"]
+    assert [m.reference.name for m in many.model_list] == ["ref", "books"]
+    one = study(models=None, model={"path": "/models/llama 7b", "dtype": "bf16"})
+    assert one.run_keys == ["x", "y"] and one.model_list[0].name == "llama_7b"
+    assert one.model_list[0].dtype == "bf16" and one.model_list[0].reference.name == "ref"
+
+
+def test_sources_are_prepared_once_per_spec_and_again_when_it_changes(tmp_path):
+    texts = tiny.prose_docs(60)
+    tok = tiny.build_tokenizer(tmp_path / "tok", texts, vocab_size=300)
+    src = tiny.write_text_dir(tmp_path / "raw", texts)
+    lines = []
+
+    def cfg(**prep):
+        return study(out_dir=str(tmp_path / "s"), prep={"seq_len": 32, "workers": 0, **prep},
+                     models=[{"name": "a", "path": str(tok)}], reference={"name": "ref", "source": str(src)},
+                     domains=[{"name": "x", "source": str(src)}, {"name": "y", "path": "/d/y"}])
+
+    s = cfg()
+    paths = model_paths(s, s.model_list[0], say=lines.append)
+    assert paths == planned_paths(s, s.model_list[0], tokenizer_of(tok)) and paths["y"].as_posix() == "/d/y"
+    assert paths["x"].parent == paths["ref"].parent and paths["x"].parent.parent == tmp_path / "s" / "prepared"
+    assert sum(line.startswith("preparing") for line in lines) == 2
+    lines.clear()
+    model_paths(s, s.model_list[0], say=lines.append)
+    assert lines == []  # the same spec: reused
+    s = cfg(seq_len=16)
+    model_paths(s, s.model_list[0], say=lines.append)
+    assert sum(line.startswith("preparing") for line in lines) == 2  # a new seq_len: prepared again
+
+
+def tokenizer_of(path):
+    from data_prep.tokenize import load_tokenizer
+
+    return load_tokenizer(str(path))
