@@ -106,7 +106,9 @@ def time_peer(args, role: str, model: Path, rows: Path, ds_json: Path) -> float:
 
 
 def bare_worker(args) -> None:
-    """What a user writes by hand: sharded init, deepspeed.initialize, forward / backward / step."""
+    """What a user writes by hand: sharded init, deepspeed.initialize, forward / backward / step. As `bare_sync`,
+    the same loop also reads each step's loss on the host (what any loop that logs a per-step loss does), which
+    tells how much of a gap to `bare` one host sync per step costs."""
     import deepspeed
     import numpy as np
     import torch
@@ -131,6 +133,8 @@ def bare_worker(args) -> None:
             loss = engine(input_ids=x, labels=x).loss
             engine.backward(loss)
             engine.step()
+        if args.role == "bare_sync":
+            loss.item()
         if len(stamps) in (args.warmup - 1, args.warmup + args.steps - 1):
             _sync()
         stamps.append(time.perf_counter())
@@ -225,14 +229,14 @@ def main() -> int:
     ap.add_argument("--workdir", help="keep the model and shards here (default: a temp folder)")
     ap.add_argument("--port", type=int, default=29731)
     # worker side (started by the deepspeed launcher)
-    ap.add_argument("--role", choices=["bare", "hf"])
+    ap.add_argument("--role", choices=["bare", "bare_sync", "hf"])
     ap.add_argument("--model")
     ap.add_argument("--rows")
     ap.add_argument("--ds-json")
     ap.add_argument("--local_rank", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.role:
-        (bare_worker if args.role == "bare" else hf_worker)(args)
+        (hf_worker if args.role == "hf" else bare_worker)(args)
         return 0
     if not _cuda():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
