@@ -121,6 +121,8 @@ def load_tokenizer(path: str, what: str = "tokenizer", trust_remote_code: bool =
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:  # offline hub name, missing files, gated repo, not a tokenizer
         raise ConfigError(f"{what} {path}: cannot load a tokenizer ({str(err).splitlines()[0][:200]})") from None
+    except (TypeError, AttributeError):  # a model folder whose config names a tokenizer class but holds no files
+        raise ConfigError(f"{what} {path}: cannot load a tokenizer (no tokenizer files there)") from None
     if not tok.is_fast:
         raise ConfigError(f"{what} {path}: not a fast tokenizer")
     if tok.eos_token_id is None:

@@ -85,11 +85,16 @@ def print_study_plan(study: StudyCfg, plans: list[dict], world: int, gpus_per_no
               f"{_hours(p['gpu_hours_per_btok']):>20}")
     width = max(len(r["run"]) for r in runs)
     print(f"\n{'run':<{width}} {'train tokens':>15} {'steps':>9} {'GPU-hours':>10}")
-    for r in runs:
-        if r["tokens"] is None:
-            print(f"{r['run']:<{width}} {'?':>15} {'?':>9} {'?':>10}  {r['why']}")
-        else:
-            print(f"{r['run']:<{width}} {r['tokens']:>15,} {r['steps']:>9,} {_hours(r['gpu_hours']):>10}")
+    for p in plans:
+        if all(r["tokens"] is None for r in p["runs"]):  # one line for a model whose data is not prepared yet
+            print(f"{p['model'] + '/*':<{width}} {'?':>15} {'?':>9} {'?':>10}  ({len(p['runs'])} runs) "
+                  f"{p['runs'][0]['why']}")
+            continue
+        for r in p["runs"]:
+            if r["tokens"] is None:
+                print(f"{r['run']:<{width}} {'?':>15} {'?':>9} {'?':>10}  {r['why']}")
+            else:
+                print(f"{r['run']:<{width}} {r['tokens']:>15,} {r['steps']:>9,} {_hours(r['gpu_hours']):>10}")
     known = [r for r in runs if r["gpu_hours"] is not None]
     total = sum(r["gpu_hours"] for r in known)
     print(f"\ntotal: {sum(r['tokens'] for r in known):,} training tokens, {_hours(total)} GPU-hours over {len(known)} of "

@@ -68,3 +68,14 @@ def test_bos_starts_every_document_where_the_tokenizer_adds_one(family):
         assert not (after_eos == tok.eos_token_id).any()  # one EOS between documents, no BOS (OLMo: BOS == EOS)
         assert tok.bos_token_id is None or tok.bos_token_id == tok.eos_token_id or \
             not (flat == tok.bos_token_id).any()
+
+
+def test_a_model_folder_without_tokenizer_files_is_one_line(tmp_path):
+    from transformers import GPT2Config
+
+    from data_prep.config import ConfigError
+    from data_prep.tokenize import load_tokenizer
+
+    GPT2Config(n_layer=1).save_pretrained(tmp_path / "m")  # config.json alone: AutoTokenizer picks GPT2's classes
+    with pytest.raises(ConfigError, match="model.path .*: cannot load a tokenizer"):
+        load_tokenizer(str(tmp_path / "m"), "model.path")
