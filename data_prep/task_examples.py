@@ -1,0 +1,69 @@
+"""One task example → (input_ids, labels) for target-only fine-tuning, with optional in-context demonstrations (FTICL).
+
+    [BOS] demo_1 "\\n\\n" … demo_k "\\n\\n" prompt | target EOS
+    labels: -100 ……………………………………………………………… | target EOS
+
+The prompt is the task's template filled with the example (`{input}`); a demonstration is the same template filled
+with a pool example followed by that example's target. The target is tokenized on its own and appended, so its ids are
+exactly the ones an evaluation scores (a label word's ids come from the tokenizer, whatever its length). Too long an
+example loses tokens from the left of its prompt (demonstrations first), never from the target; an example whose
+target alone does not fit is dropped and counted. BOS starts the sequence where the tokenizer adds one; EOS ends
+every target.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+
+IGNORE = -100  # no loss at this position (the trainer's and transformers' convention)
+DEMO_SEPARATOR = "\n\n"
+
+
+@dataclass
+class Example:
+    input: str
+    target: str
+
+
+@dataclass
+class Encoder:
+    """Encodes examples of one task for one tokenizer. `bos_id`: data_prep.tokenize.document_bos(tokenizer)."""
+    tokenizer: object
+    template: str  # e.g. "Summarize:\\n{input}\\nSummary:"; the target follows it
+    max_len: int
+    bos_id: int | None = None
+    dropped: int = field(default=0, init=False)  # examples whose target alone is longer than max_len
+
+    def prompt(self, example: Example, demos: list[Example]) -> str:
+        shots = [self.template.format(input=d.input) + d.target for d in demos]
+        return DEMO_SEPARATOR.join(shots + [self.template.format(input=example.input)])
+
+    def encode(self, example: Example, demos: list[Example] = ()) -> tuple[np.ndarray, np.ndarray] | None:
+        """(input_ids, labels) as int32 arrays of equal length ≤ max_len, or None (dropped) when the target and its
+        EOS (and BOS) do not fit."""
+        tok = self.tokenizer
+        head = [] if self.bos_id is None else [self.bos_id]
+        target = tok(example.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        room = self.max_len - len(head) - len(target)
+        if room < 0 or (room == 0 and example.input):
+            self.dropped += 1
+            return None
+        prompt = tok(self.prompt(example, list(demos)), add_special_tokens=False)["input_ids"]
+        prompt = prompt[len(prompt) - room:] if len(prompt) > room else prompt  # cut from the left
+        ids = np.array(head + prompt + target, dtype=np.int32)
+        labels = np.array([IGNORE] * (len(head) + len(prompt)) + target, dtype=np.int32)
+        return ids, labels
+
+
+def demo_block(pool: list[Example], k: int, mode: str, rng: random.Random, exclude: Example | None = None
+               ) -> list[Example]:
+    """k demonstrations: the pool's first k (`first`, the reference study's choice: the same block for every example)
+    or k drawn per example (`sample`, seeded; never the example itself)."""
+    if k <= 0:
+        return []
+    if mode == "first":
+        return pool[:k]
+    candidates = [p for p in pool if p is not exclude]
+    return rng.sample(candidates, min(k, len(candidates)))
