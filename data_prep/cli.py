@@ -30,6 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", nargs="?", help="folder of text files, .jsonl[.gz|.zst], .parquet, a HF save_to_disk "
                                             "folder, or hf://NAME[@split] (datasets.load_dataset)")
     p.add_argument("--config", help="YAML listing many domains (see docs/PREP.md)")
+    p.add_argument("--task", metavar="YAML", help="task data for fine-tuning (docs/PREP.md, data_prep/tasks.py): "
+                                                  "examples → shards of input_ids + labels")
     p.add_argument("--validate", nargs="+", metavar="DIR", help="check prepared domains (a domain folder, or a "
                                                                   "folder of them): hashes, sizes, token ids")
     p.add_argument("--domain", help="domain name; output goes to OUT/DOMAIN")
@@ -142,11 +144,29 @@ def _validate(dirs: list[str], tokenizer: str | None) -> int:
     return 1 if bad else 0
 
 
+def _prep_tasks(args: argparse.Namespace) -> int:
+    from data_prep.tasks import TaskFile, prepare_task
+
+    spec = validate(TaskFile, read_yaml(args.task), "task")
+    out, tokenizer = args.out or spec.out, args.tokenizer or spec.tokenizer
+    if out is None or tokenizer is None:
+        raise ConfigError(f"{args.task}: out and tokenizer are needed (in the file, or --out/--tokenizer)")
+    for task in spec.tasks:
+        m = prepare_task(task, out, tokenizer, overwrite=args.overwrite)
+        counts = {s: st["examples"] for s, st in m["splits"].items()}
+        dropped = sum(st["dropped"] for st in m["splits"].values())
+        print(f"prepared task '{task.name}' in {out}/{task.name} ({m['seconds']}s): examples {json.dumps(counts)}"
+              + (f", {dropped} dropped (target longer than max_len)" if dropped else ""))
+    return 0
+
+
 def run_prep(args: argparse.Namespace) -> int:
     from data_prep.prepare import PrepError, prepare_domain
 
     if args.validate:
         return _validate(args.validate, args.tokenizer)
+    if args.task:
+        return _prep_tasks(args)
     if args.config:
         specs = _specs_from_yaml(args.config)
     else:

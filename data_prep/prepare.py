@@ -74,14 +74,14 @@ def prepare_domain(source: str | Path, out_dir: str | Path, domain: str, tokeniz
             remote.upload_domain(tmp, target)
             shutil.rmtree(tmp)
         else:
-            _swap_into_place(tmp, target)
+            swap_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
 
 
-def _swap_into_place(tmp: Path, final: Path) -> None:
+def swap_into_place(tmp: Path, final: Path) -> None:
     if not final.exists():
         tmp.rename(final)
         return

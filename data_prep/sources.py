@@ -110,7 +110,7 @@ def _field(record: dict, field: str, where: str) -> str:
     return value
 
 
-def _open_binary(path: Path) -> io.BufferedIOBase:
+def open_binary(path: Path) -> io.BufferedIOBase:
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.open(path, "rb")
@@ -122,7 +122,7 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
 
 
 def _jsonl(path: Path, text_field: str) -> Iterator[Doc]:
-    with _open_binary(path) as fh:
+    with open_binary(path) as fh:
         for i, line in enumerate(fh):
             if not line.strip():
                 continue

@@ -37,8 +37,8 @@ class Encoder:
     dropped: int = field(default=0, init=False)  # examples whose target alone is longer than max_len
 
     def prompt(self, example: Example, demos: list[Example]) -> str:
-        shots = [self.template.format(input=d.input) + d.target for d in demos]
-        return DEMO_SEPARATOR.join(shots + [self.template.format(input=example.input)])
+        shots = [self.template.replace("{input}", d.input) + d.target for d in demos]
+        return DEMO_SEPARATOR.join(shots + [self.template.replace("{input}", example.input)])
 
     def encode(self, example: Example, demos: list[Example] = ()) -> tuple[np.ndarray, np.ndarray] | None:
         """(input_ids, labels) as int32 arrays of equal length ≤ max_len, or None (dropped) when the target and its

@@ -1,0 +1,124 @@
+"""`odyssey prep --task TASK.yaml`: task examples → MDS shards of (input_ids, labels) per split + manifest.json.
+
+Each row holds the example's token ids and its labels (-100 outside the target and its EOS; data_prep/task_examples.py
+says how prompts, demonstrations and truncation work) and, for the evaluation, its input and target text. Splits come
+from the source where it has them, else from a hash of each example. `max_train` keeps the first N training examples
+(the reference study's 2K/4K/6K); FTICL demonstrations (`demos: k`) come from the training split and go in front of
+every training prompt; val and test rows are encoded without them (evaluate-tasks adds its own k-shot blocks).
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from data_prep.config import Section
+from data_prep.manifest import tokenizer_fingerprint, write_manifest
+from data_prep.pack import SPLITS, SplitFractions, split_of
+from data_prep.prepare import PrepError, swap_into_place
+from data_prep.task_examples import Encoder, Example, demo_block
+from data_prep.task_sources import iter_records, text_field
+from data_prep.tokenize import document_bos, load_tokenizer
+
+COLUMNS = {"input_ids": "ndarray:int32", "labels": "ndarray:int32", "input": "str", "target": "str"}
+
+
+class TaskCfg(Section):
+    name: str
+    source: str  # .jsonl, a folder of split .jsonl files, or hf://NAME[:CONFIG][@SPLIT]
+    kind: Literal["generation", "classification"]
+    template: str  # the prompt, with {input} where the example's input goes; the target follows it directly
+    input_field: str = "input"
+    output_field: str = "output"  # generation: the target text
+    label_field: str = "label"  # classification: the label, mapped by label_words
+    label_words: dict[str, str] | None = None  # classification: label → target text (e.g. {"0": " negative"})
+    max_len: int = Field(default=1024, gt=8)
+    max_train: int | None = Field(default=None, gt=0)
+    demos: int = Field(default=0, ge=0)
+    demo_mode: Literal["first", "sample"] = "first"
+    seed: int = 0
+    val: float = Field(default=0.05, ge=0, lt=1)
+    test: float = Field(default=0.1, ge=0, lt=1)
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TaskCfg":
+        if "{input}" not in self.template:
+            raise ValueError("template needs {input} where the example's input goes")
+        if (self.kind == "classification") != (self.label_words is not None):
+            raise ValueError("label_words is required for a classification task, and only there")
+        return self
+
+
+class TaskFile(Section):
+    """`odyssey prep --task TASKS.yaml`: where the shards go, the tokenizer, and the tasks."""
+    out: str | None = None
+    tokenizer: str | None = None
+    tasks: list[TaskCfg] = Field(min_length=1)
+
+
+def read_examples(cfg: TaskCfg) -> dict[str, list[Example]]:
+    """{split: examples}, in source order; a split the source did not name comes from the example's hash."""
+    fractions = SplitFractions(val=cfg.val, test=cfg.test)
+    out: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    for rec in iter_records(cfg.source, cfg.revision):
+        text = text_field(rec, cfg.input_field)
+        if cfg.kind == "classification":
+            label = text_field(rec, cfg.label_field)
+            if label not in cfg.label_words:
+                raise PrepError(f"{rec.key}: label {label!r} has no label word (label_words: {sorted(cfg.label_words)})")
+            target = cfg.label_words[label]
+        else:
+            target = text_field(rec, cfg.output_field)
+        out[rec.split or split_of(text + "\x00" + target, fractions)].append(Example(text, target))
+    if cfg.max_train:
+        out["train"] = out["train"][:cfg.max_train]
+    if not out["train"]:
+        raise PrepError(f"task '{cfg.name}': no training examples in {cfg.source}")
+    return out
+
+
+def prepare_task(cfg: TaskCfg, out_dir: str | Path, tokenizer_path: str, overwrite: bool = False) -> dict:
+    """Writes out_dir/<task>/{train,val,test}/ + manifest.json, atomically; returns the manifest."""
+    from streaming import MDSWriter
+
+    target_dir = Path(out_dir) / cfg.name
+    if target_dir.exists() and not overwrite:
+        raise PrepError(f"{target_dir} already exists; pass --overwrite to replace it")
+    started = time.time()
+    tokenizer = load_tokenizer(tokenizer_path)
+    examples = read_examples(cfg)
+    encoder = Encoder(tokenizer, cfg.template, cfg.max_len, document_bos(tokenizer))
+    rng = random.Random(cfg.seed)
+    tmp = Path(out_dir) / f".{cfg.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    stats = {}
+    try:
+        for split, items in examples.items():
+            dropped, rows, tokens, target_tokens = encoder.dropped, 0, 0, 0
+            with MDSWriter(out=str(tmp / split), columns=COLUMNS, compression="zstd") as writer:
+                for ex in items:
+                    demos = demo_block(examples["train"], cfg.demos, cfg.demo_mode, rng, ex) if split == "train" \
+                        else []
+                    encoded = encoder.encode(ex, demos)
+                    if encoded is None:
+                        continue
+                    ids, labels = encoded
+                    writer.write({"input_ids": ids, "labels": labels, "input": ex.input, "target": ex.target})
+                    rows, tokens, target_tokens = rows + 1, tokens + len(ids), target_tokens + int((labels >= 0).sum())
+            stats[split] = {"examples": rows, "tokens": tokens, "target_tokens": target_tokens,
+                            "dropped": encoder.dropped - dropped}
+        manifest = {"kind": "task", "domain": cfg.name, "task": cfg.model_dump(mode="json"), "max_len": cfg.max_len,
+                    "tokenizer": tokenizer_fingerprint(tokenizer), "splits": stats,
+                    "seconds": round(time.time() - started, 1)}
+        write_manifest(tmp, manifest)
+        swap_into_place(tmp, target_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,100 @@
+"""Task data → MDS shards of (input_ids, labels): a source's own splits kept, labels mapped to label words, the first
+N training examples, FTICL demonstrations in training rows only, and read back through mosaicml-streaming."""
+import json
+
+import numpy as np
+import pytest
+
+from data_prep.config import ConfigError, validate
+from data_prep.prepare import PrepError
+from data_prep.shards import open_split
+from data_prep.task_examples import IGNORE
+from data_prep.tasks import TaskCfg, prepare_task
+from tests import tiny
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return tiny.build_tokenizer(tmp_path_factory.mktemp("tok") / "tok", tiny.prose_docs(80), vocab_size=400)
+
+
+def task(**over):
+    tree = {"name": "summ", "source": "x", "kind": "generation", "template": "Passage: {input}\nTitle:",
+            "max_len": 96}
+    return validate(TaskCfg, {**tree, **over}, "task")
+
+
+def rows(split_dir):
+    ds = open_split(split_dir)
+    return [ds[i] for i in range(ds.num_samples)]
+
+
+def test_generation_task_keeps_its_splits_and_masks_all_but_the_target(tok, tmp_path):
+    docs = tiny.prose_docs(30, seed=3)
+    src = tmp_path / "src"
+    write_jsonl(src / "train.jsonl", [{"input": d, "output": " " + d.split()[0]} for d in docs[:20]])
+    write_jsonl(src / "test.jsonl", [{"input": d, "output": " " + d.split()[0]} for d in docs[20:]])
+    m = prepare_task(task(source=str(src), max_train=12, demos=2, max_len=512), tmp_path / "out", str(tok))
+    assert m["splits"]["train"]["examples"] == 12 and m["splits"]["test"]["examples"] == 10
+    assert m["splits"]["val"]["examples"] == 0 and m["kind"] == "task"
+    from transformers import AutoTokenizer
+
+    t = AutoTokenizer.from_pretrained(tok)
+    for split, with_demos in (("train", True), ("test", False)):
+        for row in rows(tmp_path / "out" / "summ" / split):
+            ids, labels = row["input_ids"], row["labels"]
+            target = t(row["target"], add_special_tokens=False)["input_ids"] + [t.eos_token_id]
+            assert list(labels[labels != IGNORE]) == target and list(ids[-len(target):]) == target
+            assert np.all(labels[:-len(target)] == IGNORE) and len(ids) <= 512
+            assert (t.decode(ids).count("Passage:") == 3) == with_demos  # 2 demonstrations + the example
+
+
+def test_classification_labels_become_words_and_bad_labels_are_one_line(tok, tmp_path):
+    docs = tiny.prose_docs(40, seed=4)
+    src = write_jsonl(tmp_path / "c.jsonl", [{"text": d, "y": i % 2} for i, d in enumerate(docs)])
+    cfg = task(name="cls", kind="classification", source=str(src), input_field="text", label_field="y",
+               label_words={"0": " no", "1": " yes"}, template="Text: {input}\nAnswer:", val=0.2, test=0.2)
+    m = prepare_task(cfg, tmp_path / "out", str(tok))
+    assert sum(s["examples"] for s in m["splits"].values()) == 40 and m["splits"]["test"]["examples"] > 0
+    assert {r["target"] for r in rows(tmp_path / "out" / "cls" / "train")} == {" no", " yes"}
+    write_jsonl(tmp_path / "bad.jsonl", [{"text": "a b c", "y": 7}])
+    with pytest.raises(PrepError, match=r"bad.jsonl:1: label '7' has no label word"):
+        prepare_task(cfg.model_copy(update={"source": str(tmp_path / "bad.jsonl"), "name": "bad"}),
+                     tmp_path / "out", str(tok))
+    assert not (tmp_path / "out" / "bad").exists() and not (tmp_path / "out" / ".bad.partial").exists()
+    with pytest.raises(PrepError, match="already exists"):
+        prepare_task(cfg, tmp_path / "out", str(tok))
+
+
+@pytest.mark.parametrize("over, message", [({"template": "no placeholder"}, "needs {input}"),
+                                           ({"kind": "classification"}, "label_words is required")])
+def test_bad_task_configs(over, message):
+    with pytest.raises(ConfigError, match=message):
+        task(**over)
+
+
+def test_prep_task_cli(tok, tmp_path):
+    import subprocess
+    import sys
+
+    src = write_jsonl(tmp_path / "g.jsonl", [{"input": d, "output": " " + d.split()[-1]} for d in tiny.prose_docs(20)])
+    spec = tmp_path / "tasks.yaml"
+    spec.write_text(f"out: {tmp_path / 'out'}\ntasks:\n  - {{name: g, kind: generation, source: {src}, "
+                    f"template: 'Q: {{input}}\\nA:', max_len: 128}}\n")
+
+    def prep(*extra):
+        return subprocess.run([sys.executable, "-m", "odyssey", "prep", "--task", str(spec), *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    r = prep()
+    assert r.returncode == 2 and r.stderr.strip().endswith("out and tokenizer are needed (in the file, or "
+                                                           "--out/--tokenizer)"), r.stderr
+    r = prep("--tokenizer", str(tok))
+    assert r.returncode == 0 and "prepared task 'g'" in r.stdout, r.stderr
+    assert json.loads((tmp_path / "out" / "g" / "manifest.json").read_text())["splits"]["train"]["examples"] > 0
