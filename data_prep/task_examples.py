@@ -3,8 +3,9 @@
     [BOS] demo_1 "\\n\\n" … demo_k "\\n\\n" prompt | target EOS
     labels: -100 ……………………………………………………………… | target EOS
 
-The prompt is the task's template filled with the example (`{input}`); a demonstration is the same template filled
-with a pool example followed by that example's target. The target is tokenized on its own and appended, so its ids are
+The prompt is the task's template with the example's fields in its `{field}` placeholders (`{input}`, or
+`{premise}` and `{hypothesis}` for a pair task); a demonstration is the same template filled with a pool example,
+followed by that example's target. The target is tokenized on its own and appended, so its ids are
 exactly the ones an evaluation scores (a label word's ids come from the tokenizer, whatever its length). Too long an
 example loses tokens from the left of its prompt (demonstrations first), never from the target; an example whose
 target alone does not fit is dropped and counted. BOS starts the sequence where the tokenizer adds one; EOS ends
@@ -13,17 +14,28 @@ every target.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 IGNORE = -100  # no loss at this position (the trainer's and transformers' convention)
 DEMO_SEPARATOR = "\n\n"
+PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def placeholders(template: str) -> list[str]:
+    """The record fields a template takes, in order of first use."""
+    return list(dict.fromkeys(PLACEHOLDER.findall(template)))
+
+
+def fill(template: str, fields: dict[str, str]) -> str:
+    return PLACEHOLDER.sub(lambda m: fields[m.group(1)], template)
 
 
 @dataclass
 class Example:
-    input: str
+    fields: dict[str, str]  # the template's placeholders → text
     target: str
 
 
@@ -37,8 +49,8 @@ class Encoder:
     dropped: int = field(default=0, init=False)  # examples whose target alone is longer than max_len
 
     def prompt(self, example: Example, demos: list[Example]) -> str:
-        shots = [self.template.replace("{input}", d.input) + d.target for d in demos]
-        return DEMO_SEPARATOR.join(shots + [self.template.replace("{input}", example.input)])
+        shots = [fill(self.template, d.fields) + d.target for d in demos]
+        return DEMO_SEPARATOR.join(shots + [fill(self.template, example.fields)])
 
     def encode(self, example: Example, demos: list[Example] = ()) -> tuple[np.ndarray, np.ndarray] | None:
         """(input_ids, labels) as int32 arrays of equal length ≤ max_len, or None (dropped) when the target and its
@@ -47,7 +59,7 @@ class Encoder:
         head = [] if self.bos_id is None else [self.bos_id]
         target = tok(example.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         room = self.max_len - len(head) - len(target)
-        if room < 0 or (room == 0 and example.input):
+        if room <= 0:
             self.dropped += 1
             return None
         prompt = tok(self.prompt(example, list(demos)), add_special_tokens=False)["input_ids"]

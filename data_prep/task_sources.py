@@ -43,9 +43,9 @@ def _split_files(root: Path) -> dict[Path, str]:
         stem = p.name.split(".")[0].lower()
         if p.is_file() and ".jsonl" in p.name and stem in HF_SPLITS:
             found[p] = HF_SPLITS[stem]
-    if "train" not in found.values():
-        raise SourceError(f"{root}: a task folder needs train.jsonl (and validation/test .jsonl files); found "
-                          f"{sorted(p.name for p in root.iterdir())[:8]}")
+    if not found:
+        raise SourceError(f"{root}: a task folder holds train/validation/test .jsonl files (an eval-only set: test "
+                          f"alone); found {sorted(p.name for p in root.iterdir())[:8]}")
     return found
 
 

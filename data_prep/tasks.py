@@ -1,9 +1,10 @@
 """`odyssey prep --task TASK.yaml`: task examples → MDS shards of (input_ids, labels) per split + manifest.json.
 
 Each row holds the example's token ids and its labels (-100 outside the target and its EOS; data_prep/task_examples.py
-says how prompts, demonstrations and truncation work) and, for the evaluation, its input and target text. Splits come
+says how prompts, demonstrations and truncation work) and, for the evaluation, its template fields and target text. Splits come
 from the source where it has them, else from a hash of each example. `max_train` keeps the first N training examples
-(the reference study's 2K/4K/6K); FTICL demonstrations (`demos: k`) come from the training split and go in front of
+(the reference study's 2K/4K/6K); a folder with test.jsonl alone is an eval-only set (an out-of-domain test set).
+FTICL demonstrations (`demos: k`) come from the training split and go in front of
 every training prompt; val and test rows are encoded without them (evaluate-tasks adds its own k-shot blocks).
 """
 from __future__ import annotations
@@ -20,19 +21,18 @@ from data_prep.config import Section
 from data_prep.manifest import tokenizer_fingerprint, write_manifest
 from data_prep.pack import SPLITS, SplitFractions, split_of
 from data_prep.prepare import PrepError, swap_into_place
-from data_prep.task_examples import Encoder, Example, demo_block
+from data_prep.task_examples import Encoder, Example, demo_block, placeholders
 from data_prep.task_sources import iter_records, text_field
 from data_prep.tokenize import document_bos, load_tokenizer
 
-COLUMNS = {"input_ids": "ndarray:int32", "labels": "ndarray:int32", "input": "str", "target": "str"}
+COLUMNS = {"input_ids": "ndarray:int32", "labels": "ndarray:int32", "fields": "json", "target": "str"}
 
 
 class TaskCfg(Section):
     name: str
     source: str  # .jsonl, a folder of split .jsonl files, or hf://NAME[:CONFIG][@SPLIT]
     kind: Literal["generation", "classification"]
-    template: str  # the prompt, with {input} where the example's input goes; the target follows it directly
-    input_field: str = "input"
+    template: str  # the prompt, with {field} where a record field goes (e.g. {input}); the target follows it directly
     output_field: str = "output"  # generation: the target text
     label_field: str = "label"  # classification: the label, mapped by label_words
     label_words: dict[str, str] | None = None  # classification: label → target text (e.g. {"0": " negative"})
@@ -47,8 +47,8 @@ class TaskCfg(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TaskCfg":
-        if "{input}" not in self.template:
-            raise ValueError("template needs {input} where the example's input goes")
+        if not placeholders(self.template):
+            raise ValueError("template needs a {field} placeholder (e.g. {input}) where the example's text goes")
         if (self.kind == "classification") != (self.label_words is not None):
             raise ValueError("label_words is required for a classification task, and only there")
         return self
@@ -65,8 +65,9 @@ def read_examples(cfg: TaskCfg) -> dict[str, list[Example]]:
     """{split: examples}, in source order; a split the source did not name comes from the example's hash."""
     fractions = SplitFractions(val=cfg.val, test=cfg.test)
     out: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    names = placeholders(cfg.template)
     for rec in iter_records(cfg.source, cfg.revision):
-        text = text_field(rec, cfg.input_field)
+        fields = {name: text_field(rec, name) for name in names}
         if cfg.kind == "classification":
             label = text_field(rec, cfg.label_field)
             if label not in cfg.label_words:
@@ -74,11 +75,12 @@ def read_examples(cfg: TaskCfg) -> dict[str, list[Example]]:
             target = cfg.label_words[label]
         else:
             target = text_field(rec, cfg.output_field)
-        out[rec.split or split_of(text + "\x00" + target, fractions)].append(Example(text, target))
+        key = "\x00".join([*fields.values(), target])
+        out[rec.split or split_of(key, fractions)].append(Example(fields, target))
     if cfg.max_train:
         out["train"] = out["train"][:cfg.max_train]
-    if not out["train"]:
-        raise PrepError(f"task '{cfg.name}': no training examples in {cfg.source}")
+    if not any(out.values()):
+        raise PrepError(f"task '{cfg.name}': no examples in {cfg.source}")
     return out
 
 
@@ -109,7 +111,7 @@ def prepare_task(cfg: TaskCfg, out_dir: str | Path, tokenizer_path: str, overwri
                     if encoded is None:
                         continue
                     ids, labels = encoded
-                    writer.write({"input_ids": ids, "labels": labels, "input": ex.input, "target": ex.target})
+                    writer.write({"input_ids": ids, "labels": labels, "fields": ex.fields, "target": ex.target})
                     rows, tokens, target_tokens = rows + 1, tokens + len(ids), target_tokens + int((labels >= 0).sum())
             stats[split] = {"examples": rows, "tokens": tokens, "target_tokens": target_tokens,
                             "dropped": encoder.dropped - dropped}

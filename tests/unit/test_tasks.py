@@ -58,11 +58,12 @@ def test_generation_task_keeps_its_splits_and_masks_all_but_the_target(tok, tmp_
 def test_classification_labels_become_words_and_bad_labels_are_one_line(tok, tmp_path):
     docs = tiny.prose_docs(40, seed=4)
     src = write_jsonl(tmp_path / "c.jsonl", [{"text": d, "y": i % 2} for i, d in enumerate(docs)])
-    cfg = task(name="cls", kind="classification", source=str(src), input_field="text", label_field="y",
-               label_words={"0": " no", "1": " yes"}, template="Text: {input}\nAnswer:", val=0.2, test=0.2)
+    cfg = task(name="cls", kind="classification", source=str(src), label_field="y",
+               label_words={"0": " no", "1": " yes"}, template="Text: {text}\nAnswer:", val=0.2, test=0.2)
     m = prepare_task(cfg, tmp_path / "out", str(tok))
     assert sum(s["examples"] for s in m["splits"].values()) == 40 and m["splits"]["test"]["examples"] > 0
-    assert {r["target"] for r in rows(tmp_path / "out" / "cls" / "train")} == {" no", " yes"}
+    train = rows(tmp_path / "out" / "cls" / "train")
+    assert {r["target"] for r in train} == {" no", " yes"} and all(r["fields"]["text"] in docs for r in train)
     write_jsonl(tmp_path / "bad.jsonl", [{"text": "a b c", "y": 7}])
     with pytest.raises(PrepError, match=r"bad.jsonl:1: label '7' has no label word"):
         prepare_task(cfg.model_copy(update={"source": str(tmp_path / "bad.jsonl"), "name": "bad"}),
@@ -72,7 +73,7 @@ def test_classification_labels_become_words_and_bad_labels_are_one_line(tok, tmp
         prepare_task(cfg, tmp_path / "out", str(tok))
 
 
-@pytest.mark.parametrize("over, message", [({"template": "no placeholder"}, "needs {input}"),
+@pytest.mark.parametrize("over, message", [({"template": "no placeholder"}, "needs a {field} placeholder"),
                                            ({"kind": "classification"}, "label_words is required")])
 def test_bad_task_configs(over, message):
     with pytest.raises(ConfigError, match=message):
