@@ -41,7 +41,8 @@ class BaselineCache:
 
     def save(self, domain: str, targets: np.ndarray, losses: np.ndarray) -> dict:
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = {"eval_set_hash": eval_set_hash(targets), "model_hash": self.model_key, "tokens": int(losses.size),
+        # tokens: the scored positions (a task row's prompt and padding have label -100 and loss 0)
+        meta = {"eval_set_hash": eval_set_hash(targets), "model_hash": self.model_key, "tokens": int((targets >= 0).sum()),
                 "shape": list(losses.shape)}
         tmp = self.dir / f".{domain}.npy"
         with open(tmp, "wb") as f:

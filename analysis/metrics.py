@@ -41,14 +41,14 @@ def baseline_of(results: dict) -> dict[str, dict[str, float]]:
 
 
 def baseline_from_cache(cache: BaselineCache, domains) -> dict | None:
-    """Step-0 loss and ppl per domain from the cached per-token losses (the token-weighted mean, as evaluation
-    computes it), or None when any domain has no cache."""
+    """Step-0 loss and ppl per domain from the cached per-token losses (the token-weighted mean over the scored
+    positions, as evaluation computes it; unscored ones hold 0), or None when any domain has no cache."""
     out = {}
     for name in domains:
-        path = cache.dir / f"{name}.npy"
-        if not path.is_file():
+        path, meta = cache.dir / f"{name}.npy", cache.dir / f"{name}.json"
+        if not (path.is_file() and meta.is_file()):
             return None
-        loss = float(np.load(path).astype(np.float64).mean())
+        loss = float(np.load(path).astype(np.float64).sum() / max(1, json.loads(meta.read_text())["tokens"]))
         out[name] = {"loss": loss, "ppl": perplexity(loss)}
     return out
 

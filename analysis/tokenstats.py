@@ -113,8 +113,10 @@ def per_id(targets: np.ndarray, base: np.ndarray, current: np.ndarray, vocab_siz
 
 def summarize(targets: np.ndarray, base: np.ndarray, current: np.ndarray, vocab: Vocab, top_k: int = 20,
               n_buckets: int = 16) -> dict:
-    """Everything logged for one domain at one eval: scalars, the per-id table, top tokens, histogram, positions."""
-    stats = per_id(targets, base, current, len(vocab.text))
+    """Everything logged for one domain at one eval: scalars, the per-id table, top tokens, histogram, positions.
+    Positions without a target (label -100: a task example's prompt and padding) are left out."""
+    scored = targets >= 0
+    stats = per_id(targets[scored], base[scored], current[scored], len(vocab.text))
     delta = stats["delta_sum"]
     total = float(delta.sum())
     seen = np.flatnonzero(stats["count"])
@@ -125,10 +127,11 @@ def summarize(targets: np.ndarray, base: np.ndarray, current: np.ndarray, vocab:
     topk_share = float(delta[carriers].sum() / total) if total else 0.0
     cat_delta = np.bincount(vocab.category, weights=delta, minlength=len(CATEGORIES))
     cat_count = np.bincount(vocab.category, weights=stats["count"], minlength=len(CATEGORIES))
-    token_delta = (current - base).reshape(-1)
+    token_delta = current[scored] - base[scored]
     edges = np.linspace(0, targets.shape[1], n_buckets + 1).astype(int)
-    position = [{"start": int(a), "end": int(b), "mean_base_loss": float(base[:, a:b].mean()),
-                 "mean_loss": float(current[:, a:b].mean())} for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    position = [{"start": int(a), "end": int(b), "mean_base_loss": float(base[:, a:b][scored[:, a:b]].mean()),
+                 "mean_loss": float(current[:, a:b][scored[:, a:b]].mean())}
+                for a, b in zip(edges[:-1], edges[1:]) if b > a and scored[:, a:b].any()]
     hist, hist_edges = np.histogram(token_delta, bins=60)
 
     def rows(ids):
@@ -139,7 +142,7 @@ def summarize(targets: np.ndarray, base: np.ndarray, current: np.ndarray, vocab:
 
     return {
         "total_delta": total,
-        "tokens": int(targets.size),
+        "tokens": int(scored.sum()),
         "topk_share": topk_share,
         "category_share": {c: (float(cat_delta[i] / total) if total else 0.0) for i, c in enumerate(CATEGORIES)},
         "category_count": {c: int(cat_count[i]) for i, c in enumerate(CATEGORIES)},

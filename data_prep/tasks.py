@@ -20,12 +20,13 @@ from pydantic import Field, model_validator
 from data_prep.config import Section
 from data_prep.manifest import tokenizer_fingerprint, write_manifest
 from data_prep.pack import SPLITS, SplitFractions, split_of
+from data_prep.shards import INPUT_IDS, LABELS
 from data_prep.prepare import PrepError, swap_into_place
 from data_prep.task_examples import Encoder, Example, demo_block, placeholders
 from data_prep.task_sources import iter_records, text_field
 from data_prep.tokenize import document_bos, load_tokenizer
 
-COLUMNS = {"input_ids": "ndarray:int32", "labels": "ndarray:int32", "fields": "json", "target": "str"}
+COLUMNS = {INPUT_IDS: "ndarray:int32", LABELS: "ndarray:int32", "fields": "json", "target": "str"}
 
 
 class TaskCfg(Section):
@@ -111,11 +112,12 @@ def prepare_task(cfg: TaskCfg, out_dir: str | Path, tokenizer_path: str, overwri
                     if encoded is None:
                         continue
                     ids, labels = encoded
-                    writer.write({"input_ids": ids, "labels": labels, "fields": ex.fields, "target": ex.target})
+                    writer.write({INPUT_IDS: ids, LABELS: labels, "fields": ex.fields, "target": ex.target})
                     rows, tokens, target_tokens = rows + 1, tokens + len(ids), target_tokens + int((labels >= 0).sum())
-            stats[split] = {"examples": rows, "tokens": tokens, "target_tokens": target_tokens,
+            stats[split] = {"examples": rows, "samples": rows, "tokens": tokens, "target_tokens": target_tokens,
                             "dropped": encoder.dropped - dropped}
-        manifest = {"kind": "task", "domain": cfg.name, "task": cfg.model_dump(mode="json"), "max_len": cfg.max_len,
+        # seq_len: the length rows are padded to for evaluation (the trainer pads training batches to their longest)
+        manifest = {"kind": "task", "domain": cfg.name, "task": cfg.model_dump(mode="json"), "seq_len": cfg.max_len,
                     "tokenizer": tokenizer_fingerprint(tokenizer), "splits": stats,
                     "seconds": round(time.time() - started, 1)}
         write_manifest(tmp, manifest)

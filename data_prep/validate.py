@@ -16,7 +16,7 @@ import numpy as np
 
 from data_prep.manifest import ManifestError, check_tokenizer, read_manifest
 from data_prep.pack import SPLITS
-from data_prep.shards import TOKENS
+from data_prep.shards import INPUT_IDS, TOKENS
 
 
 class ValidationError(ManifestError):
@@ -68,7 +68,8 @@ def _token_range(split_dir: Path, shard: dict, vocab_size: int, name: str) -> li
         reader = reader_from_json(str(raw.parent), None, shard)
         lo, hi = 0, 0
         for i in range(shard["samples"]):
-            ids = reader.decode_sample(reader.get_sample_data(i))[TOKENS]
+            sample = reader.decode_sample(reader.get_sample_data(i))
+            ids = sample[TOKENS] if TOKENS in sample else sample[INPUT_IDS]
             lo, hi = min(lo, int(np.min(ids))), max(hi, int(np.max(ids)))
     if lo < 0 or hi >= vocab_size:
         return [f"{name}: token ids span [{lo}, {hi}], outside the tokenizer's vocabulary of {vocab_size}"]
@@ -107,8 +108,9 @@ def validate_domain(domain_dir: str | Path, deep: bool = False, fingerprint: dic
             problems.append(f"{label}/{split}: index holds {sum(s['samples'] for s in shards)} samples, "
                             f"manifest says {want}")
         for shard in shards:
-            enc = shard["column_encodings"][shard["column_names"].index(TOKENS)]
-            if int(enc.rsplit(":", 1)[1]) != seq_len:
+            names = shard["column_names"]
+            enc = shard["column_encodings"][names.index(TOKENS)] if TOKENS in names else None  # task rows vary
+            if enc is not None and int(enc.rsplit(":", 1)[1]) != seq_len:
                 problems.append(f"{label}/{split}/{shard['raw_data']['basename']}: rows of {enc}, "
                                 f"manifest seq_len is {seq_len}")
             files = _shard_files(shard)

@@ -1,4 +1,4 @@
-"""The trainer's verbs: `odyssey train`, `odyssey eval --checkpoints`, `odyssey export`. Composed into the `odyssey`
+"""The trainer's verbs: `odyssey train`, `odyssey finetune`, `odyssey eval --checkpoints`, `odyssey export`. Composed into the `odyssey`
 command by odyssey/cli.py; heavy imports wait until a verb runs."""
 from __future__ import annotations
 
@@ -10,15 +10,18 @@ import sys
 
 
 def add_parser(sub) -> None:
-    add_train_parser(sub)
+    add_train_parser(sub, "train", "train from a YAML config", cmd_train)
+    add_train_parser(sub, "finetune", "task fine-tuning: train on task data (odyssey prep --task), loss on targets only",
+                     cmd_finetune)
     add_eval_parser(sub)
     add_export_parser(sub)
 
 
-def add_train_parser(sub) -> None:
-    t = sub.add_parser("train", help="train from a YAML config",
-                       description="Train from a YAML config. Under a launcher (deepspeed, srun, torchrun) each rank "
-                                   "runs this; with --nproc N it starts N local ranks through the deepspeed launcher.")
+def add_train_parser(sub, name: str, help: str, func) -> None:
+    t = sub.add_parser(name, help=help,
+                       description=f"{help[0].upper()}{help[1:]}. Under a launcher (deepspeed, srun, torchrun) each "
+                                   "rank runs this; with --nproc N it starts N local ranks through the deepspeed "
+                                   "launcher.")
     t.add_argument("config")
     t.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=1e-4")
     t.add_argument("--nproc", type=int, default=None, help="local ranks to launch (default: 1, or the launcher's)")
@@ -29,7 +32,7 @@ def add_train_parser(sub) -> None:
                                                               "per-device memory estimate; start nothing")
     t.add_argument("--world-size", type=int, help="with --dry-run: devices to plan for")
     t.add_argument("--gpus-per-node", type=int, help="with --dry-run: devices per node (default: min(world, 8))")
-    t.set_defaults(func=cmd_train, takes_overrides=True)
+    t.set_defaults(func=func, takes_overrides=True)
 
 
 def add_eval_parser(sub) -> None:
@@ -119,6 +122,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         preflight(args.config, args.overrides, args.resume, 1)
         return train_main(forwarded)
     return launch_local(args.config, args.overrides, args.nproc, args.resume, args.master_port)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """`odyssey train` on task data: the same Trainer, its batches carrying labels -100 off the targets. Every stream
+    must be a task dataset, so a packed pretraining domain is not fine-tuned on by mistake."""
+    from trainer.config import ConfigError, load_config
+    from trainer.data import stream_kinds
+
+    if "RANK" not in os.environ or args.nproc is not None:  # checked once, before any rank starts
+        not_tasks = [n for n, kind in stream_kinds(load_config(args.config, args.overrides)).items() if kind != "task"]
+        if not_tasks:
+            raise ConfigError(f"odyssey finetune trains on task data (odyssey prep --task); stream(s) "
+                              f"{', '.join(not_tasks)} are packed pretraining domains: use odyssey train for those")
+    return cmd_train(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

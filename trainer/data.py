@@ -16,7 +16,7 @@ import torch
 
 from data_prep import remote
 from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_manifest
-from data_prep.shards import TOKENS, open_split
+from data_prep.shards import INPUT_IDS, LABELS, TOKENS, open_split
 from data_prep.validate import require_valid
 from trainer.config import Config
 
@@ -46,10 +46,20 @@ def open_domain(name: str, path: str, cache_dir: Path) -> Domain:
     return Domain(name, Path(path), None, read_manifest(path))
 
 
+def stream_kinds(cfg: Config) -> dict[str, str]:
+    """{stream: 'task' (odyssey prep --task) or 'lm' (packed pretraining rows)}, from each manifest."""
+    return {s.name: open_domain(s.name, s.path, _cache_dir(cfg)).manifest.get("kind", "lm") for s in cfg.data.streams}
+
+
+def _cache_dir(cfg: Config) -> Path:
+    """Where remote domains' manifests and shards are cached."""
+    return Path(cfg.data.cache_dir) if cfg.data.cache_dir else cfg.run_dir.parent / ".shard_cache"
+
+
 def check_domains(cfg: Config, tokenizer_fp: dict) -> tuple[dict[str, Domain], int]:
     """Open every domain the run needs and check it before step 1: tokenizer, seq_len, and (local domains) the
     cheap shard validation, so a missing, truncated or foreign shard stops the run with one line naming it."""
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else cfg.run_dir.parent / ".shard_cache"
+    cache_dir = _cache_dir(cfg)
     train_names = {s.name for s in cfg.data.streams}
     domains: dict[str, Domain] = {}
     for d in cfg.eval_domains():
@@ -82,9 +92,24 @@ def lm_batch(tokens: np.ndarray) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "labels": input_ids}
 
 
+def batch_of(rows: list[dict], length: int | None = None) -> dict[str, torch.Tensor]:
+    """A batch from packed LM rows (every position a target) or task rows (input_ids + labels, right-padded to
+    `length`, else to the longest row). Padding takes no loss, and under causal attention no real token attends to it,
+    since it comes after every real token of its row."""
+    if TOKENS in rows[0]:
+        return lm_batch(np.stack([r[TOKENS] for r in rows]))
+    n = length or max(len(r[INPUT_IDS]) for r in rows)
+    input_ids = np.zeros((len(rows), n), dtype=np.int64)
+    labels = np.full((len(rows), n), IGNORE, dtype=np.int64)
+    for i, r in enumerate(rows):
+        k = len(r[INPUT_IDS])
+        input_ids[i, :k], labels[i, :k] = r[INPUT_IDS], r[LABELS]
+    return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+
+
 def _collate(batch: list[dict]) -> dict:
-    """{input_ids, labels: [micro_batch, seq_len] int64, sample_ids: the samples' global ids for the ledger}."""
-    out = lm_batch(np.stack([b[TOKENS] for b in batch]))
+    """{input_ids, labels: [micro_batch, length] int64, sample_ids: the samples' global ids for the ledger}."""
+    out = batch_of(batch)
     out["sample_ids"] = np.array([b[SAMPLE_ID] for b in batch], dtype=np.int64)
     return out
 
@@ -151,9 +176,24 @@ class Batches:
             return next(self._it)
 
 
-def open_eval_sets(domains: dict[str, Domain], split: str) -> dict[str, object]:
+@dataclass
+class EvalSet:
+    """One domain's eval split: rows by sample index, and the length every eval batch is padded to (the domain's
+    seq_len), so per-token arrays keep one shape across batches, evals and the baseline cache."""
+    rows: object  # a streaming dataset
+    length: int
+
+    @property
+    def num_samples(self) -> int:
+        return self.rows.num_samples
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+
+def open_eval_sets(domains: dict[str, Domain], split: str) -> dict[str, EvalSet]:
     """One random-access dataset per eval domain, opened once per run (streaming allocates shared memory for each)."""
-    return {name: open_split(**dom.split(split)) for name, dom in domains.items()}
+    return {name: EvalSet(open_split(**dom.split(split)), dom.manifest["seq_len"]) for name, dom in domains.items()}
 
 
 def eval_batches(ds, rank: int, world: int, micro_batch: int, max_samples: int | None):
@@ -167,5 +207,5 @@ def eval_batches(ds, rank: int, world: int, micro_batch: int, max_samples: int |
     for b in range(n_batches):
         ids = mine[b * micro_batch:(b + 1) * micro_batch]
         pad = micro_batch - len(ids)
-        batch = lm_batch(np.stack([ds[i][TOKENS] for i in ids + [0] * pad]))
+        batch = batch_of([ds[i] for i in ids + [0] * pad], ds.length)
         yield batch, torch.tensor([1.0] * len(ids) + [0.0] * pad), torch.tensor(ids + [-1] * pad)
