@@ -178,16 +178,21 @@ def _hf_disk(path: Path, text_field: str) -> Iterator[Doc]:
         yield from _hf_rows(rows, text_field, str(path), split)
 
 
-def _hf_load(spec: str, text_field: str, revision: str | None) -> Iterator[Doc]:
-    """One split (`@SPLIT`, hash-split by prep), or without one the dataset's own train/validation/test splits."""
+def load_hf(spec: str, revision: str | None):
+    """(datasets.load_dataset(...) streaming, the split named by @SPLIT or None); one line when it cannot load."""
     import datasets
 
     name, config, split = hf_spec(spec)
     try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=True, revision=revision)
+        return datasets.load_dataset(name, config, split=split, streaming=True, revision=revision), split
     except Exception as err:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
         raise SourceError(f"{spec}: load_dataset failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})") \
             from None
+
+
+def _hf_load(spec: str, text_field: str, revision: str | None) -> Iterator[Doc]:
+    """One split (`@SPLIT`, hash-split by prep), or without one the dataset's own train/validation/test splits."""
+    ds, split = load_hf(spec, revision)
     if split is not None:
         yield from _hf_rows(ds, text_field, spec)
         return

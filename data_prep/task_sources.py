@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.sources import HF_PREFIX, HF_SPLITS, SourceError, open_binary, hf_spec
+from data_prep.sources import HF_PREFIX, HF_SPLITS, SourceError, load_hf, open_binary
 from data_prep.text_files import decode
 
 
@@ -50,14 +50,7 @@ def _split_files(root: Path) -> dict[Path, str]:
 
 
 def _hf_records(spec: str, revision: str | None) -> Iterator[Record]:
-    import datasets
-
-    name, config, split = hf_spec(spec)
-    try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=True, revision=revision)
-    except Exception as err:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
-        raise SourceError(f"{spec}: load_dataset failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})") \
-            from None
+    ds, split = load_hf(spec, revision)
     parts = {None: ds} if split is not None else {n: ds[n] for n in ds if n in HF_SPLITS}
     if split is None and "train" not in parts:
         raise SourceError(f"{spec}: no 'train' split (splits: {list(ds)}); name one with @SPLIT")
