@@ -66,7 +66,7 @@ def setup_study(path: str | Path) -> tuple[StudyCfg, Tracker, dict[str, dict]]:
     say(f"study {study.name}: parent MLflow run {tracker.run_id} at {tracker.uri}")
     similarity, measured = {}, {}
     for model in study.model_list:
-        for dom in study.domains:  # validated before any compute, so a bad domain costs nothing
+        for dom in study.domains:  # each run config is validated here, before any training
             cfg_path = config_path(out, study.run_key(model.name, dom.name))
             cfg_path.parent.mkdir(parents=True, exist_ok=True)
             tree = child_config(study, model, dom.name, paths[model.name], tracker.run_id, tracker.uri)
@@ -81,8 +81,8 @@ def model_similarity(study: StudyCfg, model: StudyModel, paths: dict[str, Path],
     """Similarity of each domain to the model's reference, as that model tokenizes them; measured once per
     (tokenizer, reference) and kept in similarity[/<model>]/similarity.json."""
     sim_path = study.out / "similarity" / study.run_key(model.name, "") / "similarity.json"
+    key = (fingerprint_key(tokenizer_fingerprint(tokenizer)), str(paths[model.reference.name]))
     if not sim_path.is_file():
-        key = (fingerprint_key(tokenizer_fingerprint(tokenizer)), str(paths[model.reference.name]))
         if key in measured:
             shutil.copytree(measured[key], sim_path.parent, dirs_exist_ok=True)
         else:
@@ -91,10 +91,9 @@ def model_similarity(study: StudyCfg, model: StudyModel, paths: dict[str, Path],
             measure(paths[model.reference.name], {d.name: paths[d.name] for d in study.domains},
                     model.tokenizer or model.path, s.embedder,
                     SampleCfg(seed=s.seed, chunks=s.chunks, chunk_tokens=s.chunk_tokens), sim_path)
-        measured[key] = sim_path.parent
-        result = json.loads(sim_path.read_text())
-        log_similarity(tracker, result, sorted(sim_path.parent.glob("similarity*")),
+        log_similarity(tracker, json.loads(sim_path.read_text()), sorted(sim_path.parent.glob("similarity*")),
                        prefix=study.run_key(model.name, ""))
+    measured.setdefault(key, sim_path.parent)
     return json.loads(sim_path.read_text())
 
 
