@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from data_prep.errors import OdysseyError
+from data_prep.manifest import tokenizer_fingerprint
 from study.config import StudyCfg, StudyModel
 from study.prep import model_tokenizer, planned_paths, train_samples
 from study.runs import child_config
@@ -29,12 +30,12 @@ def model_plan(study: StudyCfg, model: StudyModel, world: int, gpus_per_node: in
     from trainer.meter import flops_per_token
 
     try:
-        tokenizer = model_tokenizer(model)
+        fp = tokenizer_fingerprint(model_tokenizer(model))
     except OdysseyError as err:  # e.g. a hub name on an offline login node: the data side stays unknown
-        tokenizer, why = None, str(err)
+        fp, why = None, str(err)
     else:
         why = "not prepared yet: run --setup, then --dry-run again"
-    paths = planned_paths(study, model, tokenizer)
+    paths = planned_paths(study, model, fp)
     names = [d.name for d in study.domains + [model.reference]]
     cfg = config_from_dict(child_config(study, model, study.domains[0].name,
                                         {n: str(paths.get(n, f"<{n}: not prepared>")) for n in names}, "dry-run",

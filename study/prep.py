@@ -43,13 +43,14 @@ def model_tokenizer(model: StudyModel):
     return load_tokenizer(model.tokenizer or model.path, f"model '{model.name}' tokenizer", model.trust_remote_code)
 
 
-def planned_paths(study: StudyCfg, model: StudyModel, tokenizer) -> dict[str, Path]:
+def planned_paths(study: StudyCfg, model: StudyModel, fp: dict | None) -> dict[str, Path]:
     """{domain or reference name: folder} for one model: a prepared `path` as given, a raw source's place under
-    prep.out, whether or not it is prepared yet (none without the tokenizer, which names that place)."""
+    prep.out, whether or not it is prepared yet (none without the tokenizer's fingerprint `fp`, which names that
+    place)."""
     doms = study.domains + [model.reference]
     paths = {d.name: Path(d.path) for d in doms if d.path is not None}
-    if tokenizer is not None:
-        root = prep_root(study) / fingerprint_key(tokenizer_fingerprint(tokenizer))
+    if fp is not None:
+        root = prep_root(study) / fingerprint_key(fp)
         paths.update({d.name: root / d.name for d in doms if d.source is not None})
     return paths
 
@@ -59,27 +60,26 @@ def model_paths(study: StudyCfg, model: StudyModel, tokenizer=None, say=print) -
     sources = [d for d in study.domains + [model.reference] if d.source is not None]
     if sources and tokenizer is None:
         tokenizer = model_tokenizer(model)
-    paths = planned_paths(study, model, tokenizer)
     fp = tokenizer_fingerprint(tokenizer) if sources else None
+    paths = planned_paths(study, model, fp)
     for dom in sources:
-        spec, root = prep_spec(study, model, dom, fp), paths[dom.name].parent
+        spec, root = prep_spec(study, dom, fp), paths[dom.name].parent
         if _prepared(root, dom.name) == spec:
             continue
         say(f"preparing {dom.name} for model {model.name} ({fp['name']}, seq_len {spec['seq_len']}) in {root}")
-        opts = prep_options({**spec, "overwrite": True}, quiet=True)
-        m = prepare_domain(dom.source, root, dom.name, spec["tokenizer"], spec["seq_len"], opts)
+        opts = prep_options({**spec, "workers": study.prep.workers, "overwrite": True}, quiet=True)
+        m = prepare_domain(dom.source, root, dom.name, model.tokenizer or model.path, spec["seq_len"], opts)
         (root / f"{dom.name}.{SPEC}").write_text(json.dumps(spec, indent=2))
         say(f"prepared {dom.name}: {m['splits']['train']['tokens']:,} train tokens "
             f"({m['splits']['test']['samples']} test samples) from {m['splits_from']} splits")
     return paths
 
 
-def prep_spec(study: StudyCfg, model: StudyModel, dom: StudyDomain, fp: dict) -> dict:
-    """What a preparation depends on; the study's prep keys, then the domain's own."""
+def prep_spec(study: StudyCfg, dom: StudyDomain, fp: dict) -> dict:
+    """What a preparation depends on: the study's prep keys, then the domain's own, and the tokenizer as its
+    fingerprint (not its path: models that share a tokenizer, like GPT-2 S/L/XL, share the preparation)."""
     read = {**study.prep.model_dump(exclude_none=True, exclude={"out", "workers"}), **dom.model_dump(exclude_none=True)}
-    read.pop("path", None)
-    return {**read, "tokenizer": model.tokenizer or model.path, "vocab_sha256": fp["vocab_sha256"],
-            "bos_id": fp["bos_id"], "eos_id": fp["eos_id"]}
+    return {**read, "vocab_sha256": fp["vocab_sha256"], "bos_id": fp["bos_id"], "eos_id": fp["eos_id"]}
 
 
 def _prepared(root: Path, name: str) -> dict | None:

@@ -1,8 +1,11 @@
 """The study file with several models: what it accepts and refuses, how runs are named, and how raw sources are
 prepared once per tokenizer and prepared again only when what they depend on changes."""
+import shutil
+
 import pytest
 
 from data_prep.config import ConfigError, validate
+from data_prep.manifest import tokenizer_fingerprint
 from study.config import StudyCfg
 from study.prep import model_paths, planned_paths
 from tests import tiny
@@ -56,12 +59,16 @@ def test_sources_are_prepared_once_per_spec_and_again_when_it_changes(tmp_path):
 
     s = cfg()
     paths = model_paths(s, s.model_list[0], say=lines.append)
-    assert paths == planned_paths(s, s.model_list[0], tokenizer_of(tok)) and paths["y"].as_posix() == "/d/y"
+    assert paths == planned_paths(s, s.model_list[0], tokenizer_fingerprint(tokenizer_of(tok)))
+    assert paths["y"].as_posix() == "/d/y"
     assert paths["x"].parent == paths["ref"].parent and paths["x"].parent.parent == tmp_path / "s" / "prepared"
     assert sum(line.startswith("preparing") for line in lines) == 2
     lines.clear()
     model_paths(s, s.model_list[0], say=lines.append)
     assert lines == []  # the same spec: reused
+    shutil.copytree(tok, tmp_path / "same_tok")  # another model folder with the same tokenizer (GPT-2 S and L)
+    twin = s.model_list[0].model_copy(update={"name": "b", "path": str(tmp_path / "same_tok")})
+    assert model_paths(s, twin, say=lines.append) == paths and lines == []  # shared, not prepared again
     s = cfg(seq_len=16)
     model_paths(s, s.model_list[0], say=lines.append)
     assert sum(line.startswith("preparing") for line in lines) == 2  # a new seq_len: prepared again
