@@ -8,7 +8,8 @@ import numpy as np
 from streaming import MDSWriter
 
 TOKENS = "tokens"  # a packed LM row: seq_len token ids, every position a target
-INPUT_IDS, LABELS = "input_ids", "labels"  # a task row (data_prep/tasks.py): variable length, labels -100 off-target
+INPUT_IDS, LABELS = "input_ids", "labels"  # a task row (data_prep/tasks.py): variable length, labels IGNORE off-target
+IGNORE = -100  # the label of a position that takes no loss (transformers' ignore_index)
 HASHES = ["sha1", "xxh64"]  # recorded per shard file in index.json; `odyssey prep --validate` checks them
 
 

@@ -121,17 +121,23 @@ def open_binary(path: Path) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
-def _jsonl(path: Path, text_field: str) -> Iterator[Doc]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, object, bool]]:
+    """(0-based line number, parsed JSON value, whether the line had undecodable bytes) for each non-blank line of a
+    .jsonl[.gz|.zst] file; a line that is not JSON is one line naming it."""
     with open_binary(path) as fh:
         for i, line in enumerate(fh):
             if not line.strip():
                 continue
             text_line, bad = decode(line)
             try:
-                record = json.loads(text_line)
+                yield i, json.loads(text_line), bad
             except json.JSONDecodeError as err:
                 raise SourceError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from None
-            yield Doc(f"{path.name}:{i}", _field(record, text_field, f"{path}:{i + 1}"), bad)
+
+
+def _jsonl(path: Path, text_field: str) -> Iterator[Doc]:
+    for i, record, bad in jsonl_objects(path):
+        yield Doc(f"{path.name}:{i}", _field(record, text_field, f"{path}:{i + 1}"), bad)
 
 
 def _parquet(path: Path, text_field: str) -> Iterator[Doc]:

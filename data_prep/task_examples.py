@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-IGNORE = -100  # no loss at this position (the trainer's and transformers' convention)
+from data_prep.shards import IGNORE
+
 DEMO_SEPARATOR = "\n\n"
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -72,10 +73,11 @@ class Encoder:
 def demo_block(pool: list[Example], k: int, mode: str, rng: random.Random, exclude: Example | None = None
                ) -> list[Example]:
     """k demonstrations: the pool's first k (`first`, the reference study's choice: the same block for every example)
-    or k drawn per example (`sample`, seeded; never the example itself)."""
+    or k drawn per example (`sample`, seeded; never the example itself). One draw of k + 1 per example, not a copy
+    of the pool: a 100k-example training split stays linear."""
     if k <= 0:
         return []
     if mode == "first":
         return pool[:k]
-    candidates = [p for p in pool if p is not exclude]
-    return rng.sample(candidates, min(k, len(candidates)))
+    drawn = rng.sample(pool, min(k + 1, len(pool)))
+    return [p for p in drawn if p is not exclude][:k]

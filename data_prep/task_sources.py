@@ -7,13 +7,11 @@ task config; a missing field or a non-text value is one line naming the record.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from data_prep.sources import HF_PREFIX, HF_SPLITS, SourceError, load_hf, open_binary
-from data_prep.text_files import decode
+from data_prep.sources import HF_PREFIX, HF_SPLITS, SourceError, jsonl_objects, load_hf
 
 
 @dataclass
@@ -24,17 +22,10 @@ class Record:
 
 
 def _jsonl_records(path: Path, split: str | None) -> Iterator[Record]:
-    with open_binary(path) as fh:
-        for i, line in enumerate(fh):
-            if not line.strip():
-                continue
-            try:
-                fields = json.loads(decode(line)[0])
-            except json.JSONDecodeError as err:
-                raise SourceError(f"{path}:{i + 1}: not valid JSON ({err.msg})") from None
-            if not isinstance(fields, dict):
-                raise SourceError(f"{path}:{i + 1}: a JSON object per line is needed, not {type(fields).__name__}")
-            yield Record(f"{path.name}:{i + 1}", fields, split)
+    for i, fields, _ in jsonl_objects(path):
+        if not isinstance(fields, dict):
+            raise SourceError(f"{path}:{i + 1}: a JSON object per line is needed, not {type(fields).__name__}")
+        yield Record(f"{path.name}:{i + 1}", fields, split)
 
 
 def _split_files(root: Path) -> dict[Path, str]:

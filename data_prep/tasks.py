@@ -52,6 +52,7 @@ class TaskCfg(Section):
             raise ValueError("template needs a {field} placeholder (e.g. {input}) where the example's text goes")
         if (self.kind == "classification") != (self.label_words is not None):
             raise ValueError("label_words is required for a classification task, and only there")
+        SplitFractions(val=self.val, test=self.test)  # val + test below 1: the one home of that rule
         return self
 
 

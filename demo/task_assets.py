@@ -23,7 +23,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from demo.assets import DOMAINS, AssetUnavailable, _pip_download, _python_manual_nodes, _spread, build_domains, say
+from demo.assets import AssetUnavailable, _pip_download, _python_manual_nodes, _spread, build_domains, say
 
 HEADER = re.compile(r"\A---\n(.*?)\n---\n", re.S)
 CATEGORY = {"Permissive": "permissive", "Copyleft": "copyleft", "Copyleft Limited": "copyleft"}
@@ -147,4 +147,3 @@ if __name__ == "__main__":
     import sys
 
     build_tasks(Path(sys.argv[1] if len(sys.argv) > 1 else "demo_out/tasks"))
-    assert DOMAINS  # the text domains passage_domain draws from

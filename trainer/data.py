@@ -16,7 +16,7 @@ import torch
 
 from data_prep import remote
 from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_manifest
-from data_prep.shards import INPUT_IDS, LABELS, TOKENS, open_split
+from data_prep.shards import IGNORE, INPUT_IDS, LABELS, TOKENS, open_split
 from data_prep.validate import require_valid
 from trainer.config import Config
 
@@ -82,7 +82,6 @@ def check_domains(cfg: Config, tokenizer_fp: dict) -> tuple[dict[str, Domain], i
 
 
 SAMPLE_ID = "_sample_id"
-IGNORE = -100  # label of a position that takes no loss (transformers' ignore_index)
 
 
 def lm_batch(tokens: np.ndarray) -> dict[str, torch.Tensor]:

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from data_prep.task_examples import IGNORE, Encoder, Example, demo_block
+from data_prep.shards import IGNORE
+from data_prep.task_examples import Encoder, Example, demo_block
 from data_prep.tokenize import document_bos, load_tokenizer
 from tests import tiny
 

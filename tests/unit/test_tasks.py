@@ -8,7 +8,7 @@ import pytest
 from data_prep.config import ConfigError, validate
 from data_prep.prepare import PrepError
 from data_prep.shards import open_split
-from data_prep.task_examples import IGNORE
+from data_prep.shards import IGNORE
 from data_prep.tasks import TaskCfg, prepare_task
 from tests import tiny
 
@@ -74,6 +74,7 @@ def test_classification_labels_become_words_and_bad_labels_are_one_line(tok, tmp
 
 
 @pytest.mark.parametrize("over, message", [({"template": "no placeholder"}, "needs a {field} placeholder"),
+                                           ({"val": 0.5, "test": 0.5}, "must be in \\[0, 1\\) and sum below 1"),
                                            ({"kind": "classification"}, "label_words is required")])
 def test_bad_task_configs(over, message):
     with pytest.raises(ConfigError, match=message):
