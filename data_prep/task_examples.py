@@ -53,20 +53,29 @@ class Encoder:
         shots = [fill(self.template, d.fields) + d.target for d in demos]
         return DEMO_SEPARATOR.join(shots + [fill(self.template, example.fields)])
 
+    def prompt_ids(self, example: Example, demos: list[Example], room: int) -> list[int]:
+        """[BOS] + the prompt's ids, cut from the left (demonstrations first) to at most `room` ids in all."""
+        head = [] if self.bos_id is None else [self.bos_id]
+        prompt = self.tokenizer(self.prompt(example, list(demos)), add_special_tokens=False)["input_ids"]
+        keep = max(room - len(head), 0)
+        return head + (prompt[len(prompt) - keep:] if len(prompt) > keep else prompt)
+
+    def target_ids(self, target: str, eos: bool = True) -> list[int]:
+        """The target's ids, tokenized on its own (as training saw it), with EOS unless told otherwise."""
+        ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
+        return ids + [self.tokenizer.eos_token_id] if eos else ids
+
     def encode(self, example: Example, demos: list[Example] = ()) -> tuple[np.ndarray, np.ndarray] | None:
         """(input_ids, labels) as int32 arrays of equal length ≤ max_len, or None (dropped) when the target and its
         EOS (and BOS) do not fit."""
-        tok = self.tokenizer
-        head = [] if self.bos_id is None else [self.bos_id]
-        target = tok(example.target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        room = self.max_len - len(head) - len(target)
-        if room <= 0:
+        target = self.target_ids(example.target)
+        room = self.max_len - len(target)
+        if room - (self.bos_id is not None) <= 0:
             self.dropped += 1
             return None
-        prompt = tok(self.prompt(example, list(demos)), add_special_tokens=False)["input_ids"]
-        prompt = prompt[len(prompt) - room:] if len(prompt) > room else prompt  # cut from the left
-        ids = np.array(head + prompt + target, dtype=np.int32)
-        labels = np.array([IGNORE] * (len(head) + len(prompt)) + target, dtype=np.int32)
+        prompt = self.prompt_ids(example, demos, room)
+        ids = np.array(prompt + target, dtype=np.int32)
+        labels = np.array([IGNORE] * len(prompt) + target, dtype=np.int32)
         return ids, labels
 
 

@@ -106,6 +106,14 @@ class EvalCfg(Section):
     function_words: list[str] | None = None  # the "function_words" category; default: an English list
 
 
+class TaskEvalCfg(Section):
+    """Runs on task data (odyssey finetune): what the eval points measure besides the target loss."""
+    examples: int = Field(default=64, ge=0)  # held-out examples per task scored by its metric (0: none)
+    max_new_tokens: int = Field(default=60, gt=0)  # generation tasks: greedy decoding, cut at the first blank line
+    micro_batch: int | None = Field(default=None, gt=0)  # defaults to eval.micro_batch
+    weight_delta: bool = True  # mean |w - w0| to the base model (each rank keeps its ZeRO-3 partition of w0)
+
+
 class CheckpointCfg(Section):
     interval: int = Field(default=0, ge=0)  # 0: save only at the end
     save_final: bool = True
@@ -136,6 +144,7 @@ class Config(Section):
     optim: OptimCfg = Field(default_factory=OptimCfg)
     run: RunCfg = Field(default_factory=RunCfg)
     eval: EvalCfg = Field(default_factory=EvalCfg)
+    task: TaskEvalCfg = Field(default_factory=TaskEvalCfg)
     checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
     deepspeed: DeepSpeedCfg = Field(default_factory=DeepSpeedCfg)
     tracking: TrackingCfg = Field(default_factory=TrackingCfg)

@@ -181,6 +181,7 @@ class EvalSet:
     seq_len), so per-token arrays keep one shape across batches, evals and the baseline cache."""
     rows: object  # a streaming dataset
     length: int
+    task: dict | None = None  # a task domain's `task` section of its manifest (template, kind, label words)
 
     @property
     def num_samples(self) -> int:
@@ -192,7 +193,8 @@ class EvalSet:
 
 def open_eval_sets(domains: dict[str, Domain], split: str) -> dict[str, EvalSet]:
     """One random-access dataset per eval domain, opened once per run (streaming allocates shared memory for each)."""
-    return {name: EvalSet(open_split(**dom.split(split)), dom.manifest["seq_len"]) for name, dom in domains.items()}
+    return {name: EvalSet(open_split(**dom.split(split)), dom.manifest["seq_len"], dom.manifest.get("task"))
+            for name, dom in domains.items()}
 
 
 def eval_batches(ds, rank: int, world: int, micro_batch: int, max_samples: int | None):

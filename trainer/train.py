@@ -36,6 +36,7 @@ from trainer.state import FINISHED, RunState
 from trainer.step_stats import StepStats
 from trainer.tracking import Tracker, log, params_for
 from trainer.validator import Validator
+from trainer.weight_delta import WeightDelta
 
 # torch 2.14 deprecates the collectives DeepSpeed 0.19 calls on every step; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -85,7 +86,7 @@ class Trainer:
         if self.rank == 0 and not tag:
             self._record_run()
         self.validator = Validator(cfg, open_eval_sets(self.domains, cfg.eval.split), self.rank, self.world,
-                                   self.device, tokenizer, self.tracker, self.run_dir)
+                                   self.device, tokenizer, self.tracker, self.run_dir, self._weight_delta(tag))
         self.evals_at = eval_steps(cfg, self.max_steps)
         self.stats = StepStats(self.device, self.world, cfg.optim.spike_factor)
         self._announce()
@@ -137,6 +138,16 @@ class Trainer:
             dst.parent.mkdir(exist_ok=True)
             dst.write_text(json.dumps(dom.manifest, indent=2))
             tracker.log_artifact(dst, "manifests")
+
+    def _weight_delta(self, resumed_from: str | None) -> WeightDelta | None:
+        """On task data (task.weight_delta): the base weights' snapshot, reloaded on resume."""
+        if not (self.cfg.task.weight_delta and any(d.manifest.get("kind") == "task" for d in self.domains.values())):
+            return None
+        delta = WeightDelta(self.run_dir, self.rank, self.world)
+        if resumed_from and not delta.load():
+            log(self.rank, f"no base-weight snapshot for world size {self.world} in {delta.path.parent}: "
+                           f"weights/mean_abs_delta is not logged in this attempt")
+        return delta
 
     def _announce(self) -> None:
         log(self.rank, f"world {self.world}, {self.n_params / 1e6:.1f}M params ({self.n_local / 1e6:.1f}M on rank 0), "

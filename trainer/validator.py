@@ -15,13 +15,19 @@ from analysis.tokenstats import Vocab
 from trainer.config import Config
 from trainer.evaluate import DomainEval, evaluate
 from trainer.state import RunState
+from trainer.task_eval import score_task, task_set
 from trainer.tracking import Tracker, log
+from trainer.weight_delta import WeightDelta
 
 
 class Validator:
     def __init__(self, cfg: Config, eval_sets: dict, rank: int, world: int, device: torch.device, tokenizer,
-                 tracker: Tracker, run_dir: Path):
+                 tracker: Tracker, run_dir: Path, weight_delta: WeightDelta | None = None):
         self.eval_sets, self.rank, self.world, self.device, self.tracker = eval_sets, rank, world, device, tracker
+        self.weight_delta = weight_delta  # the training run's: snapshot at step 0, measured at later evals
+        self.task_cfg = cfg.task
+        self.task_sets = {name: task_set(name, es.task, es.rows, tokenizer) for name, es in eval_sets.items()
+                          if es.task is not None and cfg.task.examples}
         self.micro_batch = cfg.eval.micro_batch or cfg.data.micro_batch
         self.max_samples = cfg.eval.max_samples
         self.per_token = cfg.eval.token_stats
@@ -44,6 +50,7 @@ class Validator:
         metrics = eval_metrics(results, state.baseline)
         if state.tokens_seen is not None:
             metrics["train/tokens_seen"] = state.tokens_seen
+        metrics.update(self.task_metrics(model, state.step))
         if self.token_stats is not None:
             token_metrics, tags, files = self.token_stats(results, state.step)
             metrics.update(token_metrics)
@@ -56,8 +63,25 @@ class Validator:
                               "ppl": {n: r.ppl for n, r in results.items()},
                               "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})
         table = ", ".join(f"{n} {r.ppl:.2f}" for n, r in results.items())
+        table += "".join(f", {k.split('/', 1)[1]} {v:.4g}" for k, v in metrics.items() if k.startswith(("task/", "weights/")))
         log(self.rank, f"eval @ step {state.step} ({time.time() - t0:.1f}s): ppl {table}")
         return results
+
+    def task_metrics(self, model, step: int) -> dict[str, float]:
+        """Task domains: `task/<domain>/<rouge_l|accuracy>` on the first `task.examples` held-out examples (0-shot),
+        and the mean |Δw| to the base model (`weights/mean_abs_delta`; step 0 takes the snapshot)."""
+        out, tc = {}, self.task_cfg
+        for name, ts in self.task_sets.items():
+            score, n = score_task(model, ts, 0, tc.examples, tc.micro_batch or self.micro_batch, self.rank, self.world,
+                                  self.device, tc.max_new_tokens)
+            out[f"task/{name}/{ts.metric}"] = score
+        if self.weight_delta is not None:
+            module = getattr(model, "module", model)
+            if step == 0 and self.weight_delta.base is None:
+                self.weight_delta.snapshot(module)
+            elif self.weight_delta.base is not None:
+                out["weights/mean_abs_delta"] = self.weight_delta.measure(module, self.device)
+        return out
 
     def curves(self, state: RunState, name: str = "degradation.png") -> Path | None:
         """Rank 0: every eval's perplexity and ratio to step 0 against tokens seen, as curves/<name>."""
