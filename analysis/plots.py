@@ -106,3 +106,49 @@ def token_report(summary: dict, domain: str, step: int, out: Path, top: int = 15
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def task_heatmap(cells: list[dict], gains: list[dict], out: Path) -> Path:
+    """Per shot count: the models × test sets matrix of scores, each cell marked in-domain (I), out-of-domain (O),
+    cross-task (X) or base (B), and beside it each fine-tuned model's mean gain over the base by cell kind."""
+    from analysis.task_scores import BASE, CROSS, IN, OUT, cell_kind
+
+    shots = sorted({c["shots"] for c in cells})
+    models = list(dict.fromkeys(c["model"] for c in cells))
+    tests = list(dict.fromkeys(c["test"] for c in cells))
+    kinds = [IN, OUT, CROSS]
+    letter = {IN: "I", OUT: "O", CROSS: "X", BASE: "B"}
+    fig, axes = plt.subplots(len(shots), 2, figsize=(4 + 1.1 * len(tests) + 4, 1 + 0.55 * len(models) * len(shots)),
+                             dpi=120, gridspec_kw={"width_ratios": [max(len(tests), 1), 3]}, squeeze=False)
+    for row, k in enumerate(shots):
+        ax, ax_gain = axes[row]
+        grid = [[None] * len(tests) for _ in models]
+        for c in cells:
+            if c["shots"] == k:
+                grid[models.index(c["model"])][tests.index(c["test"])] = c
+        values = [[float("nan") if g is None else g["score"] for g in r] for r in grid]
+        ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        for i, r in enumerate(grid):
+            for j, g in enumerate(r):
+                if g is not None:
+                    mark = letter[cell_kind(g["model_task"], g["test_task"], g["ood"])]
+                    ax.text(j, i, f"{g['score']:.2f}\n{mark}", ha="center", va="center", fontsize=7, color="white")
+        ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(models)), models, fontsize=8)
+        ax.set_title(f"{k}-shot: score (Rouge-L or accuracy); I/O/X = in-domain / out-of-domain / cross-task")
+        tuned = [g for g in gains if g["shots"] == k]
+        gain_values = [[g.get(kind, float("nan")) for kind in kinds] for g in tuned]
+        ax_gain.imshow(gain_values or [[float("nan")] * 3], cmap="RdBu", vmin=-0.5, vmax=0.5, aspect="auto")
+        for i, r in enumerate(gain_values):
+            for j, v in enumerate(r):
+                if v == v:
+                    ax_gain.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=7)
+        ax_gain.set_xticks(range(3), ["in-domain", "out-of-domain", "cross-task"], fontsize=8)
+        ax_gain.set_yticks(range(len(tuned)), [g["model"] + (" (FTICL)" if g["fticl"] else "") for g in tuned],
+                           fontsize=8)
+        ax_gain.set_title("mean gain over the base")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

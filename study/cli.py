@@ -45,6 +45,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     from study import runs
     from study.config import load_study
 
+    task_study = task_study_of(args.study)
+    if task_study is not None:
+        return cmd_task_study(args, task_study)
     if args.list:
         print("\n".join(load_study(args.study).run_keys))
     elif args.dry_run:
@@ -57,6 +60,31 @@ def cmd_study(args: argparse.Namespace) -> int:
         runs.aggregate_study(args.study)
     else:
         runs.run_study(args.study)
+    return 0
+
+
+def task_study_of(path: str):
+    """The study file as a task study (`kind: tasks`), or None for a continued-pretraining study."""
+    from data_prep.config import read_yaml, validate
+    from study.task_config import TaskStudyCfg
+
+    tree = read_yaml(path) if Path(path).is_file() else {}
+    return validate(TaskStudyCfg, tree, "study") if isinstance(tree, dict) and tree.get("kind") == "tasks" else None
+
+
+def cmd_task_study(args: argparse.Namespace, study) -> int:
+    from data_prep.config import ConfigError
+    from study import task_study
+
+    if args.dry_run:
+        raise ConfigError("--dry-run plans continued-pretraining studies; for a task study use odyssey finetune "
+                          "--dry-run on a run config (--setup writes them under configs/)")
+    if args.list:
+        print("\n".join(study.run_keys))
+    elif args.config_for is not None:
+        print(task_study.run(args.study, study, "config-for", args.config_for))
+    else:
+        task_study.run(args.study, study, "setup" if args.setup else "aggregate" if args.aggregate else None)
     return 0
 
 

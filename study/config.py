@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from data_prep.cli import PrepDefaults, SourceKeys
 from data_prep.config import ConfigError, Section, read_yaml, validate
 from trainer.config import (CheckpointCfg, DataOptions, DeepSpeedCfg, EvalCfg, EvalDomainCfg, MeterCfg, ModelCfg,
-                            OptimCfg, RunCfg)
+                            OptimCfg, RunCfg, TaskEvalCfg)
 
 # what the study sets in each run, per domain: a value given under `train` would be overwritten, so it is an error
 SET_BY_STUDY = {"run": ("out_dir", "name"), "eval": ("domains",)}
@@ -47,6 +47,7 @@ class TrainSections(Section):
     checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)
     deepspeed: DeepSpeedCfg = Field(default_factory=DeepSpeedCfg)
     meter: MeterCfg = Field(default_factory=MeterCfg)
+    task: TaskEvalCfg = Field(default_factory=TaskEvalCfg)  # task studies: task metrics and |Δw| at eval points
 
     @model_validator(mode="after")
     def _not_set_by_study(self) -> "TrainSections":

@@ -9,7 +9,7 @@ from pathlib import Path
 e = html.escape
 
 
-def _img(path: Path) -> str:
+def img(path: Path) -> str:
     if not path.is_file():
         return "<p><em>(missing: {})</em></p>".format(e(str(path)))
     data = base64.b64encode(path.read_bytes()).decode()
@@ -50,7 +50,7 @@ def section(title: str, rows: list[dict], analysis: dict, primary: str, top_k: i
     return f"""<h2>{e(title)}</h2>
 <h3>The paper's three findings, tested here</h3><ol>{statements}</ol>
 <h3>Per run</h3>{_run_table(rows, primary, top_k)}
-<h3>Similarity against Δppl</h3>{_corr_table(analysis['correlations'])}{_img(scatter_png)}
+<h3>Similarity against Δppl</h3>{_corr_table(analysis['correlations'])}{img(scatter_png)}
 <h3>Which tokens carry the change</h3><p>Share of each run's total Δloss (own test split, last eval, summed over
 tokens; negative = the domain improved) by token category. The shares sum to 100% of that total, whatever its sign: a
 category with a share of the opposite sign moved against the domain as a whole.</p>{_category_table(rows)}"""
@@ -59,7 +59,7 @@ category with a share of the opposite sign moved against the domain as a whole.<
 def write_html(study, rows: list[dict], sections: list[str], heatmaps: list[Path], note: str, out: Path) -> Path:
     models = ", ".join(f"<code>{e(m.name)}</code> ({e(m.path)}, reference <code>{e(m.reference.name)}</code>)"
                        for m in study.model_list)
-    per_run = "".join(f"<h3>{e(r['label'])}</h3>{_img(r['curves'])}{_img(r['token_png'])}" for r in rows)
+    per_run = "".join(f"<h3>{e(r['label'])}</h3>{img(r['curves'])}{img(r['token_png'])}" for r in rows)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{e(study.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{text-align:left}}</style></head><body>
@@ -68,7 +68,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 perplexity at the last eval minus at step 0 (positive: worse).</p>
 <p>{e(note)}</p>
 {''.join(sections)}
-<h2>Similarity of all domains</h2>{''.join(_img(p) for p in heatmaps)}
+<h2>Similarity of all domains</h2>{''.join(img(p) for p in heatmaps)}
 <h2>Each run</h2>{per_run}</body></html>"""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page)

@@ -108,17 +108,23 @@ def finished(out: Path, key: str) -> bool:
 def run_study(path: str | Path) -> dict:
     """The whole study on this machine: setup, each unfinished run in turn (resuming an interrupted one), then
     the aggregation. On SLURM, launch/slurm/submit_study.sh runs the same three parts as jobs instead."""
+    study, tracker, similarity = setup_study(path)
+    train_each(study.out, study.run_keys, study.nproc, tracker)
+    return finish_study(study, tracker, similarity)
+
+
+def train_each(out: Path, keys: list[str], nproc: int, tracker: Tracker) -> None:
+    """Each unfinished run in turn on this machine (an interrupted one resumes); a failure ends the parent run."""
     from trainer.cli import launch_local
 
-    study, tracker, similarity = setup_study(path)
-    for key in study.run_keys:
-        if finished(study.out, key):
+    for key in keys:
+        if finished(out, key):
             say(f"{key}: finished earlier, skipped")
             continue
-        resume = "auto" if (study.out / "runs" / key / "checkpoints").is_dir() else None
-        say(f"{key}: training ({'resuming' if resume else 'fresh'}), {study.nproc} rank(s)")
+        resume = "auto" if (out / "runs" / key / "checkpoints").is_dir() else None
+        say(f"{key}: training ({'resuming' if resume else 'fresh'}), {nproc} rank(s)")
         try:
-            rc = launch_local(str(config_path(study.out, key)), [], study.nproc, resume)
+            rc = launch_local(str(config_path(out, key)), [], nproc, resume)
         except OdysseyError:  # the checks before any rank starts: one line that names the problem
             tracker.end("FAILED")
             raise
@@ -126,7 +132,6 @@ def run_study(path: str | Path) -> dict:
             tracker.end("FAILED")
             raise StudyError(f"the run {key} failed (exit {rc}); fix it and run the study again to continue from "
                              f"there")
-    return finish_study(study, tracker, similarity)
 
 
 def finish_study(study: StudyCfg, tracker: Tracker, similarity: dict[str, dict]) -> dict:
@@ -154,11 +159,15 @@ def domain_config(path: str | Path, which: str) -> Path:
     """The run config of one run (a domain, or model/domain), by name or 0-based index (SLURM_ARRAY_TASK_ID);
     written by the setup."""
     study = load_study(path)
-    names = study.run_keys
+    return run_config_for(study.out, study.run_keys, which, path)
+
+
+def run_config_for(out: Path, names: list[str], which: str, path: str | Path) -> Path:
+    """The config file of run `which` (a name or an index into `names`), written by the study's setup."""
     name = names[int(which)] if which.isdigit() and int(which) < len(names) else which
     if name not in names:
         raise StudyError(f"no run {which!r} in the study (runs: {', '.join(names)}; indexes 0-{len(names) - 1})")
-    cfg = config_path(study.out, name)
+    cfg = config_path(out, name)
     if not cfg.is_file():
         raise StudyError(f"{cfg} not found: run `odyssey study {path} --setup` first")
     return cfg

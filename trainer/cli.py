@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
                      cmd_finetune)
     add_eval_parser(sub)
     add_export_parser(sub)
+    add_task_matrix_parser(sub)
 
 
 def add_train_parser(sub, name: str, help: str, func) -> None:
@@ -60,6 +61,16 @@ def add_export_parser(sub) -> None:
     e.set_defaults(func=cmd_export)
 
 
+def add_task_matrix_parser(sub) -> None:
+    p = sub.add_parser("evaluate-tasks", help="models × task test sets × k-shot: the generalization matrix",
+                       description="Score models (base, fine-tuned runs, HF folders) on prepared task test sets at "
+                                   "k shots; results to MLflow, matrix.csv and a heatmap (trainer/task_matrix.py).")
+    p.add_argument("matrix", help="the matrix YAML (docs/TRAINING.md)")
+    p.add_argument("--nproc", type=int, default=None, help="local ranks (data-parallel; ZeRO-3 with zero3: true)")
+    p.add_argument("--master-port", type=int, default=29500)
+    p.set_defaults(func=cmd_evaluate_tasks)
+
+
 def preflight(config: str, overrides: list[str], resume: str | None, world: int) -> None:
     """Checks that need no model weights or process group: config, domains, tokenizer. Run before spawning ranks so
     a typo gives one line instead of one per rank."""
@@ -85,9 +96,14 @@ def launch_local(config: str, overrides: list[str], nproc: int, resume: str | No
     forwarded = [config, *overrides] + ([f"--resume={resume}"] if resume else [])
     if nproc == 1:
         return subprocess.call([sys.executable, "-m", "trainer.train", *forwarded])
+    return deepspeed_launch("trainer.train", forwarded, nproc, master_port)
+
+
+def deepspeed_launch(module: str, forwarded: list[str], nproc: int, master_port: int) -> int:
+    """`python -m module ...` as `nproc` local ranks under the deepspeed launcher; returns the job's exit code."""
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
     return subprocess.call([launcher, "--num_gpus", str(nproc), "--master_port", str(master_port), "--module",
-                            "trainer.train", *forwarded])
+                            module, *forwarded])
 
 
 def dry_run(args: argparse.Namespace) -> int:
@@ -136,6 +152,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             raise ConfigError(f"odyssey finetune trains on task data (odyssey prep --task); stream(s) "
                               f"{', '.join(not_tasks)} are packed pretraining domains: use odyssey train for those")
     return cmd_train(args)
+
+
+def cmd_evaluate_tasks(args: argparse.Namespace) -> int:
+    """Checked once here, then this process scores (alone or as a launched rank), or N local ranks are started."""
+    from trainer.task_matrix import check_matrix, load_matrix, main
+
+    if "RANK" in os.environ and args.nproc is None:
+        return main([args.matrix])
+    check_matrix(load_matrix(args.matrix))
+    if not args.nproc or args.nproc == 1:
+        return main([args.matrix])
+    return deepspeed_launch("trainer.task_matrix", [args.matrix], args.nproc, args.master_port)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

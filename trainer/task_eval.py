@@ -19,6 +19,7 @@ from data_prep.manifest import read_manifest
 from data_prep.shards import open_split
 from data_prep.task_examples import Encoder, Example
 from data_prep.tokenize import document_bos
+from trainer.config import ConfigError
 
 
 @dataclass
@@ -46,7 +47,7 @@ class TaskSet:
         """The pool's first `shots` examples: one fixed block, as the reference study used."""
         if shots and (self.pool is None or self.pool.num_samples < shots):
             have = 0 if self.pool is None else self.pool.num_samples
-            raise ValueError(f"test set '{self.name}': {shots}-shot needs {shots} demonstrations, its pool has {have}")
+            raise ConfigError(f"test set '{self.name}': {shots}-shot needs {shots} demonstrations, its pool has {have}")
         return [self.example(i, self.pool) for i in range(shots)]
 
 
@@ -62,7 +63,7 @@ def open_task_set(name: str, path: str | Path, split: str, tokenizer, pool_path:
     """A prepared task folder's split; demonstrations from its training split, or `pool_path`'s."""
     manifest = read_manifest(path)
     if manifest.get("kind") != "task":
-        raise ValueError(f"{path} is not a prepared task (odyssey prep --task)")
+        raise ConfigError(f"{path} is not a prepared task (odyssey prep --task)")
     pool_dir = Path(pool_path or path)
     has_pool = read_manifest(pool_dir)["splits"]["train"]["samples"] > 0
     return task_set(name, manifest["task"], open_split(Path(path) / split), tokenizer,

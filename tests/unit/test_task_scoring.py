@@ -12,7 +12,7 @@ from analysis.task_scores import CROSS, IN, OUT, cell_kind, cut_generation, gene
 from data_prep.config import validate
 from data_prep.tasks import TaskCfg, prepare_task
 from tests import tiny
-from trainer.task_eval import TaskSet, example_scores, label_logprobs, open_task_set, score_task
+from trainer.task_eval import TaskSet, example_scores, greedy, label_logprobs, open_task_set, score_task
 
 LABELS = {"0": " riverbank", "1": " mountain ridge", "2": " the"}
 
@@ -79,12 +79,29 @@ def test_score_task_single_rank_counts_every_example(setup):
     assert n == 7 and 0.0 <= acc <= 1.0 and (acc * 7) == pytest.approx(round(acc * 7))
 
 
-def test_generation_greedy_is_cut_at_the_first_blank_line(setup):
+def manual_greedy(model, prompt: list[int], n: int, eos: int) -> list[int]:
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(nxt)
+            if nxt == eos:
+                break
+    return ids[len(prompt):]
+
+
+def test_batched_left_padded_greedy_is_the_unpadded_greedy_cut_at_the_first_blank_line(setup):
     tok, model, cls = setup["tok"], setup["model"], setup["task"]
     gen = TaskSet("gen", "gen", "generation", cls.encoder, cls.rows, None, cls.pool)
-    examples = [gen.example(i) for i in range(2)]
+    examples = [gen.example(i) for i in range(3)]
+    prompts = [gen.encoder.prompt_ids(ex, [], 60) for ex in examples]
+    texts = greedy(model, prompts, 12, tok, torch.device("cpu"), False)
+    for p, text in zip(prompts, texts):
+        expected = tok.decode(manual_greedy(model, p, 12, tok.eos_token_id), skip_special_tokens=True)
+        assert text == cut_generation(expected)
+    assert any(texts)  # the tiny model does say something
     scores = example_scores(model, gen, examples, 0, 12, torch.device("cpu"), False)
-    assert scores.shape == (2,) and ((scores >= 0) & (scores <= 1)).all()
+    assert scores.tolist() == [rouge_l(t, ex.target.strip()) for t, ex in zip(texts, examples)]
     assert cut_generation(" a title\n\nText: more") == "a title" and cut_generation("x\ny") == "x\ny"
 
 

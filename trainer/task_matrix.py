@@ -1,0 +1,242 @@
+"""`odyssey evaluate-tasks MATRIX.yaml [--nproc N]`: models × task test sets × k-shot, the generalization matrix.
+
+Models are HF folders (base models, exported runs) or Odyssey runs (a run, checkpoints or step folder: exported once
+to `<out>/models/<name>` with DeepSpeed's zero_to_fp32). Test sets are prepared task folders (odyssey prep --task);
+their examples are encoded again from text with each model's own tokenizer, so one test set serves every model.
+Each cell is scored by trainer/task_eval.py (accuracy from label-word log-likelihoods, or greedy Rouge-L), batched and
+data-parallel over the ranks a launcher starts; with `zero3: true` every rank holds 1/world of the weights (ZeRO-3
+inference) for models that do not fit one device. Scored cells are appended to `<out>/cells.jsonl`, so a rerun
+scores only what is missing. Rank 0 writes matrix.json, matrix.csv and heatmap.png and logs them to MLflow with the
+metrics `tasks/<model>/<test>/<k>shot/<metric>` and the generalization summary (analysis/task_scores.py).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from analysis.plots import task_heatmap
+from analysis.task_scores import cell_kind, generalization
+from data_prep.config import Section, read_yaml, validate
+from data_prep.errors import guarded
+from trainer.config import ConfigError, ModelCfg, TrackingCfg
+from trainer.engine import init_distributed
+from trainer.model import load_model, load_tokenizer, resolve_dtype
+from trainer.task_eval import open_task_set, score_task
+from trainer.tracking import Tracker, log
+
+CELLS = "cells.jsonl"
+
+
+class MatrixModel(Section):
+    name: str
+    path: str  # an HF folder, or an Odyssey run / checkpoints / step folder (exported to <out>/models/<name>)
+    task: str | None = None  # the task it was fine-tuned on; None: a base model
+    fticl: bool = False  # fine-tuned with in-context demonstrations in its training prompts
+    tokenizer: str | None = None  # default: the model folder's
+
+
+class MatrixTest(Section):
+    name: str
+    path: str  # a prepared task folder (odyssey prep --task)
+    task: str | None = None  # the task it tests; default: its manifest's task name
+    ood: bool = False  # an out-of-domain test set of that task
+    split: Literal["test", "val"] = "test"
+    demos_from: str | None = None  # a prepared task whose training split gives the k-shot demonstrations
+
+
+class MatrixCfg(Section):
+    out: str
+    models: list[MatrixModel] = Field(min_length=1)
+    tests: list[MatrixTest] = Field(min_length=1)
+    shots: list[int] = Field(default_factory=lambda: [0])
+    max_examples: int | None = Field(default=100, gt=0)  # per test set, from its start
+    max_new_tokens: int = Field(default=60, gt=0)
+    micro_batch: int = Field(default=8, gt=0)
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    zero3: bool = False  # ZeRO-3 inference: weights partitioned over the ranks
+    tracking: TrackingCfg = Field(default_factory=lambda: TrackingCfg(experiment="odyssey-tasks"))
+
+    @model_validator(mode="after")
+    def _check(self) -> "MatrixCfg":
+        for what, names in (("models", [m.name for m in self.models]), ("tests", [t.name for t in self.tests])):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what}: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
+        if any(k < 0 for k in self.shots):
+            raise ValueError("shots must be >= 0")
+        return self
+
+
+def check_matrix(cfg: MatrixCfg) -> None:
+    """Before any model loads: every test set is a prepared task with enough demonstrations for the largest k, and
+    every model path is an HF folder or an Odyssey run with a complete checkpoint. One line for the first problem."""
+    from data_prep.manifest import read_manifest
+    from trainer.export import locate
+
+    for t in cfg.tests:
+        manifest = read_manifest(t.path)
+        if manifest.get("kind") != "task":
+            raise ConfigError(f"test set '{t.name}': {t.path} is not a prepared task (odyssey prep --task)")
+        pool = read_manifest(t.demos_from or t.path)["splits"]["train"]["samples"]
+        if max(cfg.shots) > pool:
+            raise ConfigError(f"test set '{t.name}': {max(cfg.shots)}-shot needs {max(cfg.shots)} demonstrations; "
+                              f"the training split of {t.demos_from or t.path} has {pool} (set demos_from)")
+    for m in cfg.models:
+        if not (Path(m.path) / "config.json").is_file():
+            if not Path(m.path).exists():
+                raise ConfigError(f"model '{m.name}': {m.path} not found")
+            locate(Path(m.path))
+
+
+def model_folder(m: MatrixModel, out: Path, rank: int, world: int) -> Path:
+    """An HF folder for the model: its own path, or (rank 0) the newest complete checkpoint of a run, exported."""
+    from trainer.export import export, locate
+
+    path = Path(m.path)
+    if (path / "config.json").is_file():
+        return path
+    root, tag, _ = locate(path)  # a one-line error when it is neither
+    dst = out / "models" / m.name.replace("/", "__")
+    marker = dst / "odyssey_export.yaml"
+    if rank == 0 and not (marker.is_file() and str(root / tag) in marker.read_text()):
+        log(rank, f"exporting {root / tag} → {dst}")
+        export(root / tag, dst, overwrite=True)
+    if world > 1:
+        torch.distributed.barrier()
+    return dst
+
+
+def load_scoring_model(path: Path, dtype: str, zero3: bool, device, world: int):
+    """(model, keep-alive): a plain model on this rank's device, or a ZeRO-3 inference engine's module."""
+    cfg = ModelCfg(path=str(path), dtype=dtype)
+    if not zero3:
+        return load_model(cfg).to(device).eval(), None
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+          "bf16": {"enabled": dtype == "bf16"}, "fp16": {"enabled": dtype == "fp16"}}
+    keep = HfDeepSpeedConfig(ds)  # alive while from_pretrained runs, so each rank materialises only its partition
+    engine = deepspeed.initialize(model=load_model(cfg), config=ds)[0]
+    return engine.module.eval(), (keep, engine)
+
+
+def done_cells(out: Path) -> list[dict]:
+    path = out / CELLS
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int]], rank: int, world: int,
+                device) -> list[dict]:
+    """Every (test set, shots) cell of one model; rank 0 appends each to cells.jsonl as it is scored."""
+    out = Path(cfg.out)
+    folder = model_folder(m, out, rank, world)
+    model, keep = load_scoring_model(folder, cfg.dtype, cfg.zero3, device, world)
+    tokenizer = load_tokenizer(ModelCfg(path=str(folder), tokenizer=m.tokenizer))
+    cells = []
+    for test, shots in todo:
+        ts = open_task_set(test.name, test.path, test.split, tokenizer, test.demos_from)
+        t0 = time.time()
+        score, n = score_task(model, ts, shots, cfg.max_examples, cfg.micro_batch, rank, world, device,
+                              cfg.max_new_tokens)
+        cell = {"model": m.name, "model_task": m.task, "model_kind": None, "fticl": m.fticl, "test": test.name,
+                "test_task": test.task or ts.task, "test_kind": ts.kind, "ood": test.ood, "shots": shots,
+                "metric": ts.metric, "score": score, "examples": n, "seconds": round(time.time() - t0, 1)}
+        cells.append(cell)
+        if rank == 0:
+            with open(out / CELLS, "a") as f:
+                f.write(json.dumps(cell) + "\n")
+        log(rank, f"{m.name} × {test.name} {shots}-shot: {ts.metric} {score:.4f} ({n} examples, "
+                  f"{cell['seconds']}s)")
+    del model, keep
+    gc.collect()
+    return cells
+
+
+def evaluate_matrix(cfg: MatrixCfg) -> list[dict]:
+    check_matrix(cfg)
+    rank, world, device = init_distributed()
+    cfg.dtype = resolve_dtype(cfg.dtype)
+    out = Path(cfg.out)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        torch.distributed.barrier()
+    cells = done_cells(out)
+    have = {(c["model"], c["test"], c["shots"]) for c in cells}
+    for m in cfg.models:
+        todo = [(t, k) for t in cfg.tests for k in cfg.shots if (m.name, t.name, k) not in have]
+        if todo:
+            cells += score_model(cfg, m, todo, rank, world, device)
+    wanted = {(m.name, t.name, k) for m in cfg.models for t in cfg.tests for k in cfg.shots}
+    cells = [c for c in cells if (c["model"], c["test"], c["shots"]) in wanted]
+    kind_of = {c["test_task"]: c["test_kind"] for c in cells if not c["ood"]}
+    for c in cells:
+        c["model_kind"] = kind_of.get(c["model_task"])
+    if rank == 0:
+        report(cfg, cells)
+    return cells
+
+
+def report(cfg: MatrixCfg, cells: list[dict]) -> None:
+    """matrix.json (cells + generalization summary), matrix.csv, heatmap.png, and the MLflow run."""
+    out = Path(cfg.out)
+    summary = generalization(cells)
+    (out / "matrix.json").write_text(json.dumps({"cells": cells, **summary}, indent=2) + "\n")
+    columns = ["model", "model_task", "fticl", "test", "test_task", "ood", "shots", "metric", "score", "examples"]
+    with open(out / "matrix.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, columns + ["kind"], extrasaction="ignore")
+        writer.writeheader()
+        for c in cells:
+            writer.writerow({**c, "kind": cell_kind(c["model_task"], c["test_task"], c["ood"])})
+    png = task_heatmap(cells, summary["models"], out / "heatmap.png")
+    tracker = Tracker(out, cfg.tracking.experiment, enabled=True, uri=cfg.tracking.uri)
+    tracker.start(cfg.tracking.run_name or out.name, tags={**cfg.tracking.tags, "kind": "task-matrix"})
+    log_matrix(tracker, cells, summary, [out / "matrix.json", out / "matrix.csv", png])
+    tracker.end("FINISHED")
+    for f in summary["findings"]:
+        log(0, f"{f['finding']}: {f['text']}")
+    log(0, f"matrix of {len(cells)} cells: {out / 'matrix.csv'}, {png}; MLflow run {tracker.run_id} at {tracker.uri}")
+
+
+def log_matrix(tracker: Tracker, cells: list[dict], summary: dict, files: list[Path]) -> None:
+    """The matrix into an MLflow run: a metric per cell, the gains by cell kind, the findings as tags, the files."""
+    metrics = {f"tasks/{c['model']}/{c['test']}/{c['shots']}shot/{c['metric']}": c["score"] for c in cells}
+    for g in summary["models"]:
+        for kind in ("in-domain", "out-of-domain", "cross-task"):
+            if kind in g:
+                metrics[f"tasks/{g['model']}/{g['shots']}shot/gain_{kind.replace('-', '_')}"] = g[kind]
+    tracker.log_metrics(metrics, 0)
+    for f in summary["findings"]:
+        tracker.set_tag(f"finding/{f['finding']}", f["text"])
+    for path in files:
+        tracker.log_artifact(path, "tasks")
+
+
+def load_matrix(path: str) -> MatrixCfg:
+    return validate(MatrixCfg, read_yaml(path), "evaluate-tasks")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="odyssey evaluate-tasks", description=__doc__.splitlines()[0])
+    parser.add_argument("matrix")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
+    args = parser.parse_args(argv)
+    def run() -> int:
+        evaluate_matrix(load_matrix(args.matrix))
+        return 0
+
+    return guarded(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
