@@ -58,16 +58,22 @@ def task_set(name: str, task: dict, rows, tokenizer, pool=None) -> TaskSet:
     return TaskSet(name, task["name"], task["kind"], encoder, rows, label_words, pool)
 
 
-def open_task_set(name: str, path: str | Path, split: str, tokenizer, pool_path: str | Path | None = None
-                  ) -> TaskSet:
-    """A prepared task folder's split; demonstrations from its training split, or `pool_path`'s."""
+def open_task_rows(path: str | Path, split: str, pool_path: str | Path | None = None) -> tuple[dict, object, object]:
+    """(the manifest's task section, the split's rows, the demonstration pool: the training split of `pool_path` or
+    of the task itself, None when empty). Opened once per test set: each is a StreamingDataset with shared memory."""
     manifest = read_manifest(path)
     if manifest.get("kind") != "task":
         raise ConfigError(f"{path} is not a prepared task (odyssey prep --task)")
     pool_dir = Path(pool_path or path)
     has_pool = read_manifest(pool_dir)["splits"]["train"]["samples"] > 0
-    return task_set(name, manifest["task"], open_split(Path(path) / split), tokenizer,
-                    open_split(pool_dir / "train") if has_pool else None)
+    return manifest["task"], open_split(Path(path) / split), open_split(pool_dir / "train") if has_pool else None
+
+
+def open_task_set(name: str, path: str | Path, split: str, tokenizer, pool_path: str | Path | None = None
+                  ) -> TaskSet:
+    """A prepared task folder's split, for one tokenizer."""
+    task, rows, pool = open_task_rows(path, split, pool_path)
+    return task_set(name, task, rows, tokenizer, pool)
 
 
 def _positions(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from data_prep.errors import guarded
 from trainer.config import ConfigError, ModelCfg, TrackingCfg
 from trainer.engine import init_distributed
 from trainer.model import load_model, load_tokenizer, resolve_dtype
-from trainer.task_eval import open_task_set, score_task
+from trainer.task_eval import open_task_rows, score_task, task_set
 from trainer.tracking import Tracker, log
 
 CELLS = "cells.jsonl"
@@ -135,8 +135,8 @@ def done_cells(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int]], rank: int, world: int,
-                device) -> list[dict]:
+def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int]], opened: dict, rank: int,
+                world: int, device) -> list[dict]:
     """Every (test set, shots) cell of one model; rank 0 appends each to cells.jsonl as it is scored."""
     out = Path(cfg.out)
     folder = model_folder(m, out, rank, world)
@@ -144,7 +144,7 @@ def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int
     tokenizer = load_tokenizer(ModelCfg(path=str(folder), tokenizer=m.tokenizer))
     cells = []
     for test, shots in todo:
-        ts = open_task_set(test.name, test.path, test.split, tokenizer, test.demos_from)
+        ts = task_set(test.name, *opened[test.name][:2], tokenizer, opened[test.name][2])
         t0 = time.time()
         score, n = score_task(model, ts, shots, cfg.max_examples, cfg.micro_batch, rank, world, device,
                               cfg.max_new_tokens)
@@ -172,11 +172,12 @@ def evaluate_matrix(cfg: MatrixCfg) -> list[dict]:
     if world > 1:
         torch.distributed.barrier()
     cells = done_cells(out)
+    opened = {t.name: open_task_rows(t.path, t.split, t.demos_from) for t in cfg.tests}
     have = {(c["model"], c["test"], c["shots"]) for c in cells}
     for m in cfg.models:
         todo = [(t, k) for t in cfg.tests for k in cfg.shots if (m.name, t.name, k) not in have]
         if todo:
-            cells += score_model(cfg, m, todo, rank, world, device)
+            cells += score_model(cfg, m, todo, opened, rank, world, device)
     wanted = {(m.name, t.name, k) for m in cfg.models for t in cfg.tests for k in cfg.shots}
     cells = [c for c in cells if (c["model"], c["test"], c["shots"]) in wanted]
     kind_of = {c["test_task"]: c["test_kind"] for c in cells if not c["ood"]}
