@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean system-deps
+.PHONY: install demo demo-tasks test test-fast bench clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m demo.run
+
+# The task study (issue 13): SmolLM2-135M fine-tuned on four real tasks, plain and FTICL, then the generalization matrix.
+demo-tasks: $(STAMP)
+	$(PY) -m demo.run --tasks
 
 # The launch tests start real daemons from Debian's packages: slurm-wlm + munge (a one-node SLURM) and
 # openssh-server + pdsh (two loopback "nodes"). Installed here when missing and we are root (as in CI); elsewhere

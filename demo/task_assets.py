@@ -25,6 +25,7 @@ from pathlib import Path
 
 from demo.assets import AssetUnavailable, _pip_download, _python_manual_nodes, _spread, build_domains, say
 
+INPUT_CHARS = 600  # every input is cut here: a prompt plus one FTICL demonstration fits 384 tokens, fast on a CPU
 HEADER = re.compile(r"\A---\n(.*?)\n---\n", re.S)
 CATEGORY = {"Permissive": "permissive", "Copyleft": "copyleft", "Copyleft Limited": "copyleft"}
 
@@ -70,16 +71,16 @@ def _licenses() -> tuple[dict[str, dict], list[tuple[str, str]]]:
 
 def license_tasks(out: Path) -> None:
     licenses, notices = _licenses()
-    labelled = [{"input": lic["text"][:2000], "label": CATEGORY[lic["category"]]}
+    labelled = [{"input": lic["text"][:INPUT_CHARS], "label": CATEGORY[lic["category"]]}
                 for lic in licenses.values() if lic.get("category") in CATEGORY]
     train, test = _split(labelled, 150)
     _write(out / "license_category", "train", train)
     _write(out / "license_category", "test", test)
-    ood = [{"input": text, "label": CATEGORY[licenses[key]["category"]]} for key, text in notices
+    ood = [{"input": text[:INPUT_CHARS], "label": CATEGORY[licenses[key]["category"]]} for key, text in notices
            if key in licenses and licenses[key].get("category") in CATEGORY]
     ood = _unique(ood, exclude={r["input"] for r in labelled})
     _write(out / "license_category_ood", "test", _spread(ood, 300)[:300])
-    titled = [{"input": lic["text"][:1500], "output": " " + lic["name"]} for lic in licenses.values()
+    titled = [{"input": lic["text"][:INPUT_CHARS], "output": " " + lic["name"]} for lic in licenses.values()
               if lic.get("name") and len(lic["text"]) > 200]
     train, test = _split(titled, 150)
     _write(out / "license_title", "train", train)
@@ -100,15 +101,15 @@ def _sections(chapters: set[str]) -> list[tuple[str, str]]:
 
 
 def python_manual_tasks(out: Path) -> None:
-    faq = [{"input": body[:1500], "output": " " + head} for head, body in
+    faq = [{"input": body[:INPUT_CHARS], "output": " " + head} for head, body in
            _sections({"Python Frequently Asked Questions"}) if head.endswith("?")]
     train, test = _split(faq, len(faq) // 3)
     _write(out / "faq_question", "train", train)
     _write(out / "faq_question", "test", test)
-    howto = [{"input": body[:1500], "output": " " + head} for head, body in _sections({"Python HOWTOs"})]
+    howto = [{"input": body[:INPUT_CHARS], "output": " " + head} for head, body in _sections({"Python HOWTOs"})]
     _write(out / "faq_question_ood", "test", _spread(howto, 150)[:150])
     reference = {"The Python Language Reference", "The Python Standard Library", "Python Setup and Usage"}
-    titles = [{"input": body[:1500], "output": " " + head} for head, body in _sections(reference)]
+    titles = [{"input": body[:INPUT_CHARS], "output": " " + head} for head, body in _sections(reference)]
     _write(out / "license_title_ood", "test", _spread(titles, 150)[:150])
 
 
@@ -122,7 +123,7 @@ def passage_tasks(out: Path) -> None:
         files = sorted(folder.glob("*.txt"))
         for f in _spread(files, 120)[:120]:
             text = f.read_text()
-            long_rows.append({"input": text[:600], "label": label})
+            long_rows.append({"input": text[:INPUT_CHARS], "label": label})
             lines = [ln.strip() for ln in text[600:].splitlines() if 60 <= len(ln.strip()) <= 200]  # unseen text
             short_rows += [{"input": ln, "label": label} for ln in lines[:1]]
     train, test = _split(long_rows, 80)
