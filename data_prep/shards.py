@@ -9,6 +9,7 @@ from streaming import MDSWriter
 
 TOKENS = "tokens"  # a packed LM row: seq_len token ids, every position a target
 INPUT_IDS, LABELS = "input_ids", "labels"  # a task row (data_prep/tasks.py): variable length, labels IGNORE off-target
+SEGMENTS = "segments"  # a task row: which example each token belongs to (0, 1, … in a packed training row)
 IGNORE = -100  # the label of a position that takes no loss (transformers' ignore_index)
 HASHES = ["sha1", "xxh64"]  # recorded per shard file in index.json; `odyssey prep --validate` checks them
 

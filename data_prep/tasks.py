@@ -15,29 +15,36 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from data_prep.config import Section
 from data_prep.manifest import tokenizer_fingerprint, write_manifest
 from data_prep.pack import SPLITS, SplitFractions, split_of
-from data_prep.shards import INPUT_IDS, LABELS
+from data_prep.shards import INPUT_IDS, LABELS, SEGMENTS
 from data_prep.prepare import PrepError, swap_into_place
 from data_prep.task_examples import Encoder, Example, demo_block, placeholders
 from data_prep.task_sources import iter_records, text_field
 from data_prep.tokenize import document_bos, load_tokenizer
 
-COLUMNS = {INPUT_IDS: "ndarray:int32", LABELS: "ndarray:int32", "fields": "json", "target": "str"}
+COLUMNS = {INPUT_IDS: "ndarray:int32", LABELS: "ndarray:int32", SEGMENTS: "ndarray:int32", "fields": "json",
+           "target": "str"}
 
 
 class TaskCfg(Section):
     name: str
     source: str  # .jsonl, a folder of split .jsonl files, or hf://NAME[:CONFIG][@SPLIT]
     kind: Literal["generation", "classification"]
-    template: str  # the prompt, with {field} where a record field goes (e.g. {input}); the target follows it directly
+    # the prompt, with {field} where a record field goes (e.g. {input}); the target follows it directly. Several
+    # templates (the study's Prompt-1, Prompt-2): training examples take them in turn; evaluation picks one by index
+    template: str | list[str] = Field(min_length=1)
     output_field: str = "output"  # generation: the target text
     label_field: str = "label"  # classification: the label, mapped by label_words
     label_words: dict[str, str] | None = None  # classification: label → target text (e.g. {"0": " negative"})
     max_len: int = Field(default=1024, gt=8)
+    # training rows hold as many whole examples as fit max_len, in order; attention never crosses examples (the
+    # trainer masks by the rows' segments). Val and test rows stay one example each.
+    pack: bool = False
     max_train: int | None = Field(default=None, gt=0)
     demos: int = Field(default=0, ge=0)
     demo_mode: Literal["first", "sample"] = "first"
@@ -48,12 +55,24 @@ class TaskCfg(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "TaskCfg":
-        if not placeholders(self.template):
+        fields = {tuple(sorted(placeholders(t))) for t in self.templates}
+        if () in fields:
             raise ValueError("template needs a {field} placeholder (e.g. {input}) where the example's text goes")
+        if len(fields) > 1:
+            raise ValueError(f"the templates must take the same fields (they take {sorted(fields)})")
         if (self.kind == "classification") != (self.label_words is not None):
             raise ValueError("label_words is required for a classification task, and only there")
         SplitFractions(val=self.val, test=self.test)  # val + test below 1: the one home of that rule
         return self
+
+    @property
+    def templates(self) -> list[str]:
+        return template_list(self.template)
+
+
+def template_list(template: str | list[str]) -> list[str]:
+    """A task's templates, from its config or its manifest's `task` section."""
+    return [template] if isinstance(template, str) else list(template)
 
 
 class TaskFile(Section):
@@ -67,7 +86,7 @@ def read_examples(cfg: TaskCfg) -> dict[str, list[Example]]:
     """{split: examples}, in source order; a split the source did not name comes from the example's hash."""
     fractions = SplitFractions(val=cfg.val, test=cfg.test)
     out: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    names = placeholders(cfg.template)
+    names = placeholders(cfg.templates[0])
     for rec in iter_records(cfg.source, cfg.revision):
         fields = {name: text_field(rec, name) for name in names}
         if cfg.kind == "classification":
@@ -96,7 +115,7 @@ def prepare_task(cfg: TaskCfg, out_dir: str | Path, tokenizer_path: str, overwri
     started = time.time()
     tokenizer = load_tokenizer(tokenizer_path)
     examples = read_examples(cfg)
-    encoder = Encoder(tokenizer, cfg.template, cfg.max_len, document_bos(tokenizer))
+    encoders = [Encoder(tokenizer, t, cfg.max_len, document_bos(tokenizer)) for t in cfg.templates]
     rng = random.Random(cfg.seed)
     tmp = Path(out_dir) / f".{cfg.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -104,19 +123,24 @@ def prepare_task(cfg: TaskCfg, out_dir: str | Path, tokenizer_path: str, overwri
     stats = {}
     try:
         for split, items in examples.items():
-            dropped, rows, tokens, target_tokens = encoder.dropped, 0, 0, 0
+            dropped, rows, tokens, target_tokens = sum(e.dropped for e in encoders), 0, 0, 0
+            packer = Packer(cfg.max_len if cfg.pack and split == "train" else 0)
             with MDSWriter(out=str(tmp / split), columns=COLUMNS, compression="zstd") as writer:
-                for ex in items:
+                for i, ex in enumerate(items):
+                    encoder = encoders[i % len(encoders)] if split == "train" else encoders[0]
                     demos = demo_block(examples["train"], cfg.demos, cfg.demo_mode, rng, ex) if split == "train" \
                         else []
                     encoded = encoder.encode(ex, demos)
                     if encoded is None:
                         continue
-                    ids, labels = encoded
-                    writer.write({INPUT_IDS: ids, LABELS: labels, "fields": ex.fields, "target": ex.target})
-                    rows, tokens, target_tokens = rows + 1, tokens + len(ids), target_tokens + int((labels >= 0).sum())
-            stats[split] = {"examples": rows, "samples": rows, "tokens": tokens, "target_tokens": target_tokens,
-                            "dropped": encoder.dropped - dropped}
+                    for row in packer.add(*encoded, ex):
+                        writer.write(row)
+                    rows, tokens = rows + 1, tokens + len(encoded[0])
+                    target_tokens += int((encoded[1] >= 0).sum())
+                for row in packer.flush():
+                    writer.write(row)
+            stats[split] = {"examples": rows, "samples": packer.rows, "tokens": tokens, "target_tokens": target_tokens,
+                            "dropped": sum(e.dropped for e in encoders) - dropped}
         # seq_len: the length rows are padded to for evaluation (the trainer pads training batches to their longest)
         manifest = {"kind": "task", "domain": cfg.name, "task": cfg.model_dump(mode="json"), "seq_len": cfg.max_len,
                     "tokenizer": tokenizer_fingerprint(tokenizer), "splits": stats,
@@ -127,3 +151,29 @@ def prepare_task(cfg: TaskCfg, out_dir: str | Path, tokenizer_path: str, overwri
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+class Packer:
+    """Whole examples into rows of at most `max_len` tokens, in order (0: one example per row). Each row records
+    which example each token belongs to (SEGMENTS), and the fields and target of its first example (the
+    demonstration pool of evaluate-tasks reads those)."""
+
+    def __init__(self, max_len: int):
+        self.max_len, self.rows = max_len, 0
+        self.parts: list[tuple] = []
+
+    def add(self, ids, labels, ex: Example) -> list[dict]:
+        out = []
+        if self.parts and sum(len(p[0]) for p in self.parts) + len(ids) > self.max_len:
+            out = self.flush()
+        self.parts.append((ids, labels, ex))
+        return out + ([] if self.max_len else self.flush())
+
+    def flush(self) -> list[dict]:
+        if not self.parts:
+            return []
+        ids, labels, first = np.concatenate([p[0] for p in self.parts]), np.concatenate([p[1] for p in self.parts]), \
+            self.parts[0][2]
+        segments = np.concatenate([np.full(len(p[0]), i, dtype=np.int32) for i, p in enumerate(self.parts)])
+        self.parts, self.rows = [], self.rows + 1
+        return [{INPUT_IDS: ids, LABELS: labels, SEGMENTS: segments, "fields": first.fields, "target": first.target}]

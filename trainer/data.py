@@ -16,7 +16,7 @@ import torch
 
 from data_prep import remote
 from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_manifest
-from data_prep.shards import IGNORE, INPUT_IDS, LABELS, TOKENS, open_split
+from data_prep.shards import IGNORE, INPUT_IDS, LABELS, SEGMENTS, TOKENS, open_split
 from data_prep.validate import require_valid
 from trainer.config import Config
 
@@ -94,16 +94,47 @@ def lm_batch(tokens: np.ndarray) -> dict[str, torch.Tensor]:
 def batch_of(rows: list[dict], length: int | None = None) -> dict[str, torch.Tensor]:
     """A batch from packed LM rows (every position a target) or task rows (input_ids + labels, right-padded to
     `length`, else to the longest row). Padding takes no loss, and under causal attention no real token attends to it,
-    since it comes after every real token of its row."""
+    since it comes after every real token of its row. Rows that pack several examples add `segment_ids` (padding:
+    -1), from which `model_inputs` keeps attention inside each example."""
     if TOKENS in rows[0]:
         return lm_batch(np.stack([r[TOKENS] for r in rows]))
     n = length or max(len(r[INPUT_IDS]) for r in rows)
     input_ids = np.zeros((len(rows), n), dtype=np.int64)
     labels = np.full((len(rows), n), IGNORE, dtype=np.int64)
+    segments = np.full((len(rows), n), -1, dtype=np.int64)
     for i, r in enumerate(rows):
         k = len(r[INPUT_IDS])
         input_ids[i, :k], labels[i, :k] = r[INPUT_IDS], r[LABELS]
-    return {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+        segments[i, :k] = r[SEGMENTS] if SEGMENTS in r else 0
+    batch = {"input_ids": torch.from_numpy(input_ids), "labels": torch.from_numpy(labels)}
+    if segments.max() > 0:
+        batch[SEGMENT_IDS] = torch.from_numpy(segments)
+    return batch
+
+
+SEGMENT_IDS = "segment_ids"
+
+
+def model_inputs(batch: dict[str, torch.Tensor], attn_impl: str, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The model's keyword arguments from a batch on the device. A packed batch gets position ids that restart at
+    each example and an attention mask that keeps every token inside its example: block-causal, as a boolean mask
+    for sdpa, an additive one for eager attention; flash_attention_2 takes the position ids alone (transformers then
+    runs each example as its own sequence)."""
+    segments = batch.pop(SEGMENT_IDS, None)
+    if segments is None:
+        return batch
+    b, n = segments.shape
+    index = torch.arange(n, device=segments.device).expand(b, n)
+    starts = torch.ones_like(segments, dtype=torch.bool)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    batch["position_ids"] = index - torch.where(starts, index, 0).cummax(dim=1).values
+    if attn_impl == "flash_attention_2":
+        return batch
+    causal = torch.ones(n, n, dtype=torch.bool, device=segments.device).tril()
+    allowed = ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
+    batch["attention_mask"] = allowed if attn_impl != "eager" else \
+        torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+    return batch
 
 
 def _collate(batch: list[dict]) -> dict:

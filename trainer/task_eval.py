@@ -18,6 +18,7 @@ from analysis.task_scores import METRIC, cut_generation, rouge_l
 from data_prep.manifest import read_manifest
 from data_prep.shards import open_split
 from data_prep.task_examples import Encoder, Example
+from data_prep.tasks import template_list
 from data_prep.tokenize import document_bos
 from trainer.config import ConfigError
 
@@ -51,10 +52,14 @@ class TaskSet:
         return [self.example(i, self.pool) for i in range(shots)]
 
 
-def task_set(name: str, task: dict, rows, tokenizer, pool=None) -> TaskSet:
-    """A TaskSet from a task manifest's `task` section and opened rows (a streaming dataset, local or remote)."""
+def task_set(name: str, task: dict, rows, tokenizer, pool=None, template: int = 0) -> TaskSet:
+    """A TaskSet from a task manifest's `task` section and opened rows (a streaming dataset, local or remote),
+    prompting with the task's `template`-th template."""
     label_words = list(task["label_words"].values()) if task["kind"] == "classification" else None
-    encoder = Encoder(tokenizer, task["template"], task["max_len"], document_bos(tokenizer))
+    templates = template_list(task["template"])
+    if template >= len(templates):
+        raise ConfigError(f"test set '{name}': template {template} asked, the task has {len(templates)}")
+    encoder = Encoder(tokenizer, templates[template], task["max_len"], document_bos(tokenizer))
     return TaskSet(name, task["name"], task["kind"], encoder, rows, label_words, pool)
 
 

@@ -51,6 +51,7 @@ class MatrixTest(Section):
     ood: bool = False  # an out-of-domain test set of that task
     split: Literal["test", "val"] = "test"
     demos_from: str | None = None  # a prepared task whose training split gives the k-shot demonstrations
+    template: int = Field(default=0, ge=0)  # which of the task's templates prompts (Prompt-1: 0, Prompt-2: 1)
 
 
 class MatrixCfg(Section):
@@ -144,7 +145,7 @@ def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int
     tokenizer = load_tokenizer(ModelCfg(path=str(folder), tokenizer=m.tokenizer))
     cells = []
     for test, shots in todo:
-        ts = task_set(test.name, *opened[test.name][:2], tokenizer, opened[test.name][2])
+        ts = task_set(test.name, *opened[test.name][:2], tokenizer, opened[test.name][2], test.template)
         t0 = time.time()
         score, n = score_task(model, ts, shots, cfg.max_examples, cfg.micro_batch, rank, world, device,
                               cfg.max_new_tokens)

@@ -25,11 +25,11 @@ from data_prep.errors import guarded
 from data_prep.manifest import tokenizer_fingerprint
 from trainer import checkpoint
 from trainer.config import Config, ConfigError, load_config
-from trainer.data import Batches, build_train_loader, check_domains, open_eval_sets
+from trainer.data import Batches, build_train_loader, check_domains, model_inputs, open_eval_sets
 from trainer.engine import build_engine, choose_optimizer, fill_ds_config, init_distributed, parameter_counts
 from trainer.ledger import Ledger
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
-from trainer.model import load_model, load_tokenizer, resolve_dtype
+from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
 from trainer.plan import tokens_per_step, total_steps
 from trainer.preempt import StopRequest
 from trainer.state import FINISHED, RunState
@@ -108,6 +108,8 @@ class Trainer:
         if self.engine.device != self.device:
             raise RuntimeError(f"DeepSpeed placed the engine on {self.engine.device}, this rank chose {self.device}")
         self.n_params, self.n_local = parameter_counts(self.engine.module)
+        self.attn_impl = self.engine.module.config._attn_implementation  # how packed task rows are masked
+        self.dtype = DTYPES[cfg.model.dtype]
         self.flops_token = flops_per_token(self.hf_config, self.n_params, self.seq_len)
         self.peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops(cfg.model.dtype)
         self.meter = Meter(self.tokens_per_step, self.world, self.flops_token, self.peak_tflops)
@@ -154,7 +156,7 @@ class Trainer:
                        f"seq_len {self.seq_len}, {self.tokens_per_step:,} tokens/step, steps {self.state.step}→"
                        f"{self.max_steps}, MLflow run {self.state.mlflow_run_id} at {self.tracker.uri}")
         log(self.rank, f"device {self.device}, {self.cfg.model.dtype}, attention "
-                       f"{self.engine.module.config._attn_implementation}, {self.optimizer_choice}, "
+                       f"{self.attn_impl}, {self.optimizer_choice}, "
                        f"{self.loader.num_workers} loader worker(s) per rank"
                        + (", pinned batches" if self.loader.pin_memory else ""))
 
@@ -169,7 +171,8 @@ class Trainer:
         for micro in range(accumulation):
             batch = next(self.batches)
             used.append(batch.pop("sample_ids"))
-            loss = self.engine(**{k: v.to(self.device, non_blocking=True) for k, v in batch.items()}).loss
+            on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            loss = self.engine(**model_inputs(on_device, self.attn_impl, self.dtype)).loss
             self.stats.add(loss)
             if micro == accumulation - 1:  # a bad loss anywhere turns this one into NaN: DeepSpeed skips the update
                 loss = loss * self.stats.agree(self.stop_request.signum is not None)

@@ -100,3 +100,31 @@ def test_prep_task_cli(tok, tmp_path):
     r = prep("--tokenizer", str(tok))
     assert r.returncode == 0 and "prepared task 'g'" in r.stdout, r.stderr
     assert json.loads((tmp_path / "out" / "g" / "manifest.json").read_text())["splits"]["train"]["examples"] > 0
+
+
+def test_several_templates_alternate_in_training_and_evaluation_picks_one(tok, tmp_path):
+    from transformers import AutoTokenizer
+
+    from trainer.config import ConfigError as TrainerConfigError
+    from trainer.task_eval import open_task_set
+
+    docs = tiny.prose_docs(20, seed=6)
+    src = write_jsonl(tmp_path / "t.jsonl", [{"input": d[:80], "output": " x"} for d in docs])
+    templates = ["Prompt one: {input}\nAnswer:", "Second prompt -> {input} =>"]
+    prepare_task(task(source=str(src), template=templates, val=0.0, test=0.3), tmp_path / "out", str(tok))
+    t = AutoTokenizer.from_pretrained(tok)
+    train = [t.decode(r["input_ids"]) for r in rows(tmp_path / "out" / "summ" / "train")]
+    assert [("Prompt one:" in x, "Second prompt" in x) for x in train] == \
+        [(i % 2 == 0, i % 2 == 1) for i in range(len(train))]
+    assert all("Prompt one:" in t.decode(r["input_ids"]) for r in rows(tmp_path / "out" / "summ" / "test"))
+    first = open_task_set("summ", tmp_path / "out" / "summ", "test", t)
+    assert first.encoder.template == templates[0]
+    from trainer.task_eval import task_set
+    from data_prep.manifest import read_manifest
+
+    task_section = read_manifest(tmp_path / "out" / "summ")["task"]
+    assert task_set("summ", task_section, first.rows, t, template=1).encoder.template == templates[1]
+    with pytest.raises(TrainerConfigError, match="template 2 asked, the task has 2"):
+        task_set("summ", task_section, first.rows, t, template=2)
+    with pytest.raises(ConfigError, match="the templates must take the same fields"):
+        task(template=["A {input}", "B {other}"])
