@@ -9,6 +9,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save(fig, out: Path) -> Path:
+    """Lay out, write and close a figure (the one way every plot here ends)."""
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def degradation_curves(history: list[dict], train_domains: list[str], out: Path) -> Path:
     """history: [{"step", "tokens_seen", "ppl": {domain: ppl}, "ppl_ratio": {domain: ratio}}], in step order."""
     fig, (ax_ppl, ax_ratio) = plt.subplots(1, 2, figsize=(13, 5), dpi=120)
@@ -30,11 +39,7 @@ def degradation_curves(history: list[dict], train_domains: list[str], out: Path)
         ax.set_xlabel("tokens seen")
         ax.grid(True, alpha=0.3)
     ax_ratio.legend(loc="best", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def similarity_heatmaps(pairwise: dict, out: Path, measures: tuple[str, ...]) -> Path:
@@ -62,11 +67,7 @@ def similarity_heatmaps(pairwise: dict, out: Path, measures: tuple[str, ...]) ->
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.suptitle("Domain similarity, all pairs (dark = similar)")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def token_report(summary: dict, domain: str, step: int, out: Path, top: int = 15) -> Path:
@@ -101,11 +102,7 @@ def token_report(summary: dict, domain: str, step: int, out: Path, top: int = 15
     fig.suptitle(f"{domain} @ step {step}: total Δloss {summary['total_delta']:+.1f} nats over "
                  f"{summary['tokens']:,} tokens; top-{len(summary['top_degrading'])} share "
                  f"{summary['topk_share']:.0%}\nshare of Δ by category: {share}", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def task_heatmap(cells: list[dict], gains: list[dict], out: Path) -> Path:
@@ -147,8 +144,4 @@ def task_heatmap(cells: list[dict], gains: list[dict], out: Path) -> Path:
         ax_gain.set_yticks(range(len(tuned)), [g["model"] + (" (FTICL)" if g["fticl"] else "") for g in tuned],
                            fontsize=8)
         ax_gain.set_title("mean gain over the base")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)

@@ -33,13 +33,8 @@ def main() -> int:
     if set(texts) != set(DOMAINS):
         say(f"the demo needs the domains {sorted(DOMAINS)}; only {sorted(texts)} could be built here")
         return 1
-    shutil.rmtree(out / "study", ignore_errors=True)  # the demo is one fresh study each time
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "study.yaml").write_text(study_yaml)
-    say(f"assets ready in {time.time() - started:.0f}s (cache: {CACHE}); running the study")
-    rc = subprocess.call([sys.executable, "-m", "odyssey", "study", str(out / "study.yaml")])
+    rc = run_study(out, "study", study_yaml)
     if rc:
-        say(f"the study failed (exit {rc})")
         return rc
     store = out / "study" / "mlflow.db"
     print(f"\nDemo finished in {time.time() - started:.0f}s.")
@@ -47,6 +42,18 @@ def main() -> int:
     print(f"MLflow: sqlite:///{store} (parent run 'odyssey-demo' with one child run per domain)")
     print(f"Look at it with:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{store}")
     return 0
+
+
+def run_study(out: Path, name: str, study_yaml: str) -> int:
+    """A fresh study under out/<name> (prepared data is kept) from the filled-in study file out/<name>.yaml."""
+    shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.yaml").write_text(study_yaml)
+    say(f"assets ready (cache: {CACHE}); running {out / f'{name}.yaml'}")
+    rc = subprocess.call([sys.executable, "-m", "odyssey", "study", str(out / f"{name}.yaml")])
+    if rc:
+        say(f"the study failed (exit {rc})")
+    return rc
 
 
 def task_demo(out: Path) -> int:
@@ -58,12 +65,8 @@ def task_demo(out: Path) -> int:
     build_tasks(out / "task_sources")
     study_yaml = string.Template((HERE / "tasks.yaml").read_text()).substitute(model=model, out=out,
                                                                                 tasks=out / "task_sources")
-    shutil.rmtree(out / "task_study", ignore_errors=True)  # one fresh study each time; prepared tasks are kept
-    (out / "tasks.yaml").write_text(study_yaml)
-    say(f"assets ready in {time.time() - started:.0f}s; running the task study")
-    rc = subprocess.call([sys.executable, "-m", "odyssey", "study", str(out / "tasks.yaml")])
+    rc = run_study(out, "task_study", study_yaml)
     if rc:
-        say(f"the task study failed (exit {rc})")
         return rc
     print(f"\nTask demo finished in {time.time() - started:.0f}s.")
     print(f"Matrix: {out / 'task_study' / 'matrix' / 'matrix.csv'} and heatmap.png beside it")

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from analysis.plots import save  # noqa: E402
 from analysis.task_scores import cell_kind  # noqa: E402
 from study.report_html import img, e  # noqa: E402
 
@@ -37,11 +38,7 @@ def run_curves(study, client, parent_id: str, out: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save(fig, out)
 
 
 def _matrix_table(cells: list[dict]) -> str:

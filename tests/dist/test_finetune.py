@@ -1,6 +1,6 @@
 """`odyssey finetune`: the pretraining Trainer on task data (odyssey prep --task) under 2-rank ZeRO-3. The loss is the
 target's only: the eval scores exactly the test split's target tokens, token statistics leave prompts and padding
-out, a halted run resumes to the end with the losses of an uninterrupted run, the eval points log the task metric
+out, training rows pack several examples (attention kept inside each), a halted run resumes to the end with the losses of an uninterrupted run, the eval points log the task metric
 and the mean |Δw| to the base (ZeRO-3 partitions, reloaded on resume), and packed pretraining data is refused with
 one line."""
 import json
@@ -23,7 +23,8 @@ def test_finetune_scores_targets_only_and_resumes(assets, tmp_path):
     src = tmp_path / "task.jsonl"
     src.write_text("".join(json.dumps({"input": d, "output": " " + d.split()[0]}) + "\n" for d in docs))
     cfg = validate(TaskCfg, {"name": "first_word", "source": str(src), "kind": "generation", "max_len": 64,
-                             "template": "Passage: {input}\nFirst word:", "test": 0.2, "val": 0.0}, "task")
+                             "template": "Passage: {input}\nFirst word:", "test": 0.2, "val": 0.0,
+                             "pack": True}, "task")
     manifest = prepare_task(cfg, tmp_path / "tasks", str(assets["model"]))
     run_cfg = tmp_path / "ft.yaml"
     run_cfg.write_text(f"""
