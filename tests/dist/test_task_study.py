@@ -84,6 +84,8 @@ matrix: {{shots: [0, 1], max_examples: 6, max_new_tokens: 4, micro_batch: 3}}
     page = (root / "report" / "index.html").read_text()
     assert "generation tasks generalize worse than classification" in page and "code_first" in page
 
+    # the parts a SLURM job array runs (launch/slurm/submit_study.sh): a run's config by its array index
+    assert study(cfg, "--config-for", "1").strip() == str(root / "configs" / "first_word-fticl1.yaml")
     again = study(cfg)
     assert "preparing task" not in again and "-shot:" not in again and again.count("finished earlier, skipped") == 4
     assert "preparing task" in out
