@@ -105,12 +105,13 @@ def aggregate(study: TaskStudyCfg, tracker: Tracker, paths: dict[str, Path]) -> 
     """The matrix (a child run), then its results, the runs' curves and the report into the parent run."""
     from study.task_report import write_report
     from trainer.cli import deepspeed_launch
-    from trainer.task_matrix import log_matrix
+    from trainer.task_matrix import export_runs, load_matrix, log_matrix
 
     missing = [key for key in study.run_keys if not finished(study.out, key)]
     if missing:
         raise StudyError(f"runs not finished: {', '.join(missing)}; run or resubmit their training first")
     matrix = matrix_file(study, paths, tracker)
+    export_runs(load_matrix(str(matrix)))
     say(f"scoring the matrix: {matrix}")
     rc = deepspeed_launch("trainer.task_matrix", [str(matrix)], study.nproc, 29500 + (hash(study.name) % 1000)) \
         if study.nproc > 1 else subprocess.call([sys.executable, "-m", "trainer.task_matrix", str(matrix)])

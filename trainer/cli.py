@@ -156,11 +156,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_tasks(args: argparse.Namespace) -> int:
     """Checked once here, then this process scores (alone or as a launched rank), or N local ranks are started."""
-    from trainer.task_matrix import check_matrix, load_matrix, main
+    from trainer.task_matrix import check_matrix, export_runs, load_matrix, main
 
     if "RANK" in os.environ and args.nproc is None:
         return main([args.matrix])
-    check_matrix(load_matrix(args.matrix))
+    cfg = load_matrix(args.matrix)
+    check_matrix(cfg)
+    export_runs(cfg)
     if not args.nproc or args.nproc == 1:
         return main([args.matrix])
     return deepspeed_launch("trainer.task_matrix", [args.matrix], args.nproc, args.master_port)

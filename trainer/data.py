@@ -18,7 +18,7 @@ from data_prep import remote
 from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_manifest
 from data_prep.shards import IGNORE, INPUT_IDS, LABELS, SEGMENTS, TOKENS, open_split
 from data_prep.validate import require_valid
-from trainer.config import Config
+from trainer.config import Config, ConfigError
 
 
 @dataclass
@@ -119,7 +119,8 @@ def model_inputs(batch: dict[str, torch.Tensor], attn_impl: str, dtype: torch.dt
     """The model's keyword arguments from a batch on the device. A packed batch gets position ids that restart at
     each example and an attention mask that keeps every token inside its example: block-causal, as a boolean mask
     for sdpa, an additive one for eager attention; flash_attention_2 takes the position ids alone (transformers then
-    runs each example as its own sequence)."""
+    runs each example as its own sequence; it does so for a batch of one row, so the rows are joined into one: each
+    starts with its BOS or prompt, whose labels take no loss, so no loss crosses a join)."""
     segments = batch.pop(SEGMENT_IDS, None)
     if segments is None:
         return batch
@@ -128,8 +129,10 @@ def model_inputs(batch: dict[str, torch.Tensor], attn_impl: str, dtype: torch.dt
     starts = torch.ones_like(segments, dtype=torch.bool)
     starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
     batch["position_ids"] = index - torch.where(starts, index, 0).cummax(dim=1).values
-    if attn_impl == "flash_attention_2":
-        return batch
+    if attn_impl == "flash_attention_2":  # transformers reads packing from position ids of a single row only
+        return {k: v.reshape(1, -1) for k, v in batch.items()}
+    if attn_impl not in ("sdpa", "eager"):
+        raise ConfigError(f"packed task rows need sdpa, eager or flash_attention_2 attention, not {attn_impl}")
     causal = torch.ones(n, n, dtype=torch.bool, device=segments.device).tril()
     allowed = ((segments[:, :, None] == segments[:, None, :]) & causal)[:, None]
     batch["attention_mask"] = allowed if attn_impl != "eager" else \

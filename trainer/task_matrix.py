@@ -27,6 +27,8 @@ from analysis.plots import task_heatmap
 from analysis.task_scores import cell_kind, generalization
 from data_prep.config import Section, read_yaml, validate
 from data_prep.errors import guarded
+from data_prep.task_examples import placeholders
+from data_prep.tasks import template_list
 from trainer.config import ConfigError, ModelCfg, TrackingCfg
 from trainer.engine import init_distributed
 from trainer.model import load_model, load_tokenizer, resolve_dtype
@@ -58,7 +60,7 @@ class MatrixCfg(Section):
     out: str
     models: list[MatrixModel] = Field(min_length=1)
     tests: list[MatrixTest] = Field(min_length=1)
-    shots: list[int] = Field(default_factory=lambda: [0])
+    shots: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_examples: int | None = Field(default=100, gt=0)  # per test set, from its start
     max_new_tokens: int = Field(default=60, gt=0)
     micro_batch: int = Field(default=8, gt=0)
@@ -73,6 +75,10 @@ class MatrixCfg(Section):
                 raise ValueError(f"{what}: duplicate names {sorted({n for n in names if names.count(n) > 1})}")
         if any(k < 0 for k in self.shots):
             raise ValueError("shots must be >= 0")
+        bases = [m.name for m in self.models if m.task is None]
+        if len(bases) > 1:
+            raise ValueError(f"one base model (a model without task) per matrix; gains are measured against it "
+                             f"(got {bases})")
         return self
 
 
@@ -86,10 +92,20 @@ def check_matrix(cfg: MatrixCfg) -> None:
         manifest = read_manifest(t.path)
         if manifest.get("kind") != "task":
             raise ConfigError(f"test set '{t.name}': {t.path} is not a prepared task (odyssey prep --task)")
-        pool = read_manifest(t.demos_from or t.path)["splits"]["train"]["samples"]
-        if max(cfg.shots) > pool:
+        if not manifest["splits"][t.split]["samples"]:
+            raise ConfigError(f"test set '{t.name}': its {t.split} split is empty")
+        if manifest["task"]["kind"] == "generation" and cfg.max_new_tokens >= manifest["task"]["max_len"] // 2:
+            raise ConfigError(f"test set '{t.name}': max_new_tokens {cfg.max_new_tokens} leaves too little of "
+                              f"max_len {manifest['task']['max_len']} for the prompt")
+        pool = read_manifest(t.demos_from or t.path)
+        if max(cfg.shots) > pool["splits"]["train"]["samples"]:
             raise ConfigError(f"test set '{t.name}': {max(cfg.shots)}-shot needs {max(cfg.shots)} demonstrations; "
-                              f"the training split of {t.demos_from or t.path} has {pool} (set demos_from)")
+                              f"the training split of {t.demos_from or t.path} has "
+                              f"{pool['splits']['train']['samples']} (set demos_from)")
+        wanted, given = (sorted(placeholders(template_list(m["task"]["template"])[0])) for m in (manifest, pool))
+        if wanted != given:
+            raise ConfigError(f"test set '{t.name}': demos_from {t.demos_from} has the fields {given}, the test "
+                              f"set {wanted}")
     for m in cfg.models:
         if not (Path(m.path) / "config.json").is_file():
             if not Path(m.path).exists():
@@ -97,8 +113,16 @@ def check_matrix(cfg: MatrixCfg) -> None:
             locate(Path(m.path))
 
 
+def export_runs(cfg: MatrixCfg) -> None:
+    """Export every run's newest checkpoint before any rank starts (a rank waiting at a barrier while a 70B model
+    consolidates would hit the process group's timeout)."""
+    for m in cfg.models:
+        model_folder(m, Path(cfg.out), 0, 1)
+
+
 def model_folder(m: MatrixModel, out: Path, rank: int, world: int) -> Path:
-    """An HF folder for the model: its own path, or (rank 0) the newest complete checkpoint of a run, exported."""
+    """An HF folder for the model: its own path, or (rank 0) the newest complete checkpoint of a run, exported
+    (already done by `export_runs` when the CLI or a study launched the ranks)."""
     from trainer.export import export, locate
 
     path = Path(m.path)
@@ -131,9 +155,22 @@ def load_scoring_model(path: Path, dtype: str, zero3: bool, device, world: int):
     return engine.module.eval(), (keep, engine)
 
 
+def cell_key(cfg: MatrixCfg, m: MatrixModel, t: MatrixTest, shots: int) -> str:
+    """What a score depends on: a cell scored with other settings is scored again."""
+    return json.dumps([m.name, m.path, m.tokenizer, t.name, t.path, t.split, t.template, t.demos_from, shots,
+                       cfg.max_examples, cfg.max_new_tokens, cfg.dtype])
+
+
 def done_cells(out: Path) -> list[dict]:
+    """The cells scored before; a line cut short by a crash is skipped (that cell is scored again)."""
     path = out / CELLS
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    cells = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            cells.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return cells
 
 
 def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int]], opened: dict, rank: int,
@@ -149,7 +186,7 @@ def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int
         t0 = time.time()
         score, n = score_task(model, ts, shots, cfg.max_examples, cfg.micro_batch, rank, world, device,
                               cfg.max_new_tokens)
-        cell = {"model": m.name, "model_task": m.task, "model_kind": None, "fticl": m.fticl, "test": test.name,
+        cell = {"key": cell_key(cfg, m, test, shots), "model": m.name, "model_task": m.task, "model_kind": None, "fticl": m.fticl, "test": test.name,
                 "test_task": test.task or ts.task, "test_kind": ts.kind, "ood": test.ood, "shots": shots,
                 "metric": ts.metric, "score": score, "examples": n, "seconds": round(time.time() - t0, 1)}
         cells.append(cell)
@@ -172,15 +209,14 @@ def evaluate_matrix(cfg: MatrixCfg) -> list[dict]:
         out.mkdir(parents=True, exist_ok=True)
     if world > 1:
         torch.distributed.barrier()
-    cells = done_cells(out)
+    wanted = {cell_key(cfg, m, t, k) for m in cfg.models for t in cfg.tests for k in cfg.shots}
+    cells = list({c["key"]: c for c in done_cells(out) if c.get("key") in wanted}.values())
     opened = {t.name: open_task_rows(t.path, t.split, t.demos_from) for t in cfg.tests}
-    have = {(c["model"], c["test"], c["shots"]) for c in cells}
+    have = {c["key"] for c in cells}
     for m in cfg.models:
-        todo = [(t, k) for t in cfg.tests for k in cfg.shots if (m.name, t.name, k) not in have]
+        todo = [(t, k) for t in cfg.tests for k in cfg.shots if cell_key(cfg, m, t, k) not in have]
         if todo:
             cells += score_model(cfg, m, todo, opened, rank, world, device)
-    wanted = {(m.name, t.name, k) for m in cfg.models for t in cfg.tests for k in cfg.shots}
-    cells = [c for c in cells if (c["model"], c["test"], c["shots"]) in wanted]
     kind_of = {c["test_task"]: c["test_kind"] for c in cells if not c["ood"]}
     for c in cells:
         c["model_kind"] = kind_of.get(c["model_task"])

@@ -146,9 +146,14 @@ class Trainer:
         if not (self.cfg.task.weight_delta and any(d.manifest.get("kind") == "task" for d in self.domains.values())):
             return None
         delta = WeightDelta(self.run_dir, self.rank, self.world)
-        if resumed_from and not delta.load():
-            log(self.rank, f"no base-weight snapshot for world size {self.world} in {delta.path.parent}: "
-                           f"weights/mean_abs_delta is not logged in this attempt")
+        if resumed_from:
+            loaded = torch.tensor([float(delta.load())], device=self.device)
+            if self.world > 1:  # every rank measures, or none: measure() is a collective
+                torch.distributed.all_reduce(loaded, op=torch.distributed.ReduceOp.MIN)
+            if not loaded.item():
+                delta.base = None
+                log(self.rank, f"no base-weight snapshot for world size {self.world} in {delta.path.parent}: "
+                               f"weights/mean_abs_delta is not logged in this attempt")
         return delta
 
     def _announce(self) -> None:

@@ -15,8 +15,8 @@ import torch
 def _local(p: torch.nn.Parameter) -> tuple[torch.Tensor, int]:
     """This rank's elements of a parameter and how many of them are real (a ZeRO-3 partition is padded at its end)."""
     if hasattr(p, "ds_tensor"):
-        part = p.ds_tensor
-        start = part.numel() * int(torch.distributed.get_rank())
+        part = p.ds_tensor  # DeepSpeed partitions over the parameter's own process group (MiCS: a sub-group)
+        start = part.numel() * int(torch.distributed.get_rank(group=getattr(p, "ds_process_group", None)))
         return part.view(-1), max(0, min(part.numel(), p.ds_numel - start))
     return p.data.view(-1), p.numel()
 

@@ -76,3 +76,15 @@ def test_attention_never_crosses_examples(prepared, attn):
                 assert end == len(r["input_ids"]) or got[i, end - 1] == 0  # no loss across the boundary
     later = packed[0]["segments"][1:] > 0
     assert not torch.allclose(plain_causal[0][torch.from_numpy(later)], got[0][torch.from_numpy(later)], atol=1e-3)
+
+
+def test_flash_attention_gets_one_joined_row_with_restarting_positions(prepared):
+    packed = sorted(rows(prepared, True), key=lambda r: -r["segments"].max())[:2]
+    batch = model_inputs(batch_of(packed), "flash_attention_2", torch.bfloat16)
+    n = batch["input_ids"].shape[1]
+    assert "attention_mask" not in batch and all(v.shape == (1, n) for v in batch.values())
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    lengths = [len(p) for r in packed for p in np.split(r["segments"], np.flatnonzero(np.diff(r["segments"])) + 1)]
+    assert len(starts) >= len(lengths) and batch["labels"][0, starts].eq(IGNORE).all()  # no loss across a join
+    with pytest.raises(Exception, match="packed task rows need sdpa, eager or flash_attention_2"):
+        model_inputs(batch_of(packed), "flex_attention", torch.float32)

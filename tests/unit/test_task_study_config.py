@@ -53,3 +53,16 @@ def test_the_cli_dispatches_on_kind(tmp_path):
     r = subprocess.run([sys.executable, "-m", "odyssey", "study", str(path), "--dry-run"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "--dry-run plans continued-pretraining studies" in r.stderr.strip().splitlines()[-1]
+
+
+def test_matrix_refusals_are_one_line():
+    from trainer.task_matrix import MatrixCfg
+
+    base = {"out": "/tmp/m", "models": [{"name": "base", "path": "/m"}, {"name": "ft", "path": "/r", "task": "t"}],
+            "tests": [{"name": "t", "path": "/t"}]}
+    assert validate(MatrixCfg, base, "evaluate-tasks").shots == [0]
+    for change, message in (({"shots": []}, "shots"), ({"shots": [-1]}, "shots must be >= 0"),
+                            ({"models": base["models"] + [{"name": "b2", "path": "/m2"}]}, "one base model"),
+                            ({"tests": base["tests"] * 2}, "tests: duplicate names")):
+        with pytest.raises(ConfigError, match=message):
+            validate(MatrixCfg, {**base, **change}, "evaluate-tasks")
