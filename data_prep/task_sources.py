@@ -28,6 +28,16 @@ def _jsonl_records(path: Path, split: str | None) -> Iterator[Record]:
         yield Record(f"{path.name}:{i + 1}", fields, split)
 
 
+def source_stamp(source: str) -> list:
+    """[name, bytes, mtime_ns] of a local source's files (a jsonl, or a folder of split files); an `hf://` source is
+    its name and revision. Recorded in the manifest, so a study notices a source that changed."""
+    if source.startswith(HF_PREFIX):
+        return [source]
+    path = Path(source)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
 def _split_files(root: Path) -> dict[Path, str]:
     found = {}
     for p in sorted(root.iterdir()):

@@ -31,8 +31,11 @@ CATEGORY = {"Permissive": "permissive", "Copyleft": "copyleft", "Copyleft Limite
 
 
 def _write(root: Path, split: str, rows: list[dict]) -> None:
+    """Write a split; an unchanged file is left alone, so a study sees its source as unchanged."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path, text = root / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows)
+    if not (path.is_file() and path.read_text() == text):
+        path.write_text(text)
 
 
 def _unique(rows: list[dict], exclude: set[str] = frozenset()) -> list[dict]:
@@ -129,6 +132,7 @@ def passage_tasks(out: Path) -> None:
     train, test = _split(long_rows, 80)
     _write(out / "passage_domain", "train", train)
     _write(out / "passage_domain", "test", test)
+    random.Random(0).shuffle(short_rows)  # mixed labels from the start: evaluations take the first N examples
     _write(out / "passage_domain_ood", "test", short_rows)
 
 

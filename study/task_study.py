@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from data_prep.manifest import read_manifest, tokenizer_fingerprint
+from data_prep.task_sources import source_stamp
 from data_prep.tasks import TaskCfg, prepare_task
 from study.prep import fingerprint_key
 from study.runs import StudyError, config_path, finished, run_config_for, say, train_each
@@ -28,7 +29,8 @@ from trainer.tracking import Tracker
 
 
 def prepared(study: TaskStudyCfg) -> dict[str, Path]:
-    """{run key or ood name: prepared folder}; a folder whose manifest has another spec or tokenizer is redone."""
+    """{run key or ood name: prepared folder}; a folder whose manifest has another spec, tokenizer or source files
+    (names, sizes, times) is prepared again."""
     fingerprint = fingerprint_key(tokenizer_fingerprint(load_tokenizer(study.model)))
     todo = [(key, task) for key, task, _ in study.variants()] + [(o.name, study.ood_cfg(o)) for o in study.ood]
     paths = {}
@@ -36,7 +38,8 @@ def prepared(study: TaskStudyCfg) -> dict[str, Path]:
         folder = study.prep_out / key
         current = _manifest(folder)
         if not (current and current.get("task") == task.model_dump(mode="json")
-                and fingerprint_key(current["tokenizer"]) == fingerprint):
+                and fingerprint_key(current["tokenizer"]) == fingerprint
+                and current.get("source_stamp") == json.loads(json.dumps(source_stamp(task.source)))):
             say(f"preparing task {key} ({task.source})")
             prepare_task(task, study.prep_out, study.model.tokenizer or study.model.path, overwrite=True)
         paths[key] = folder

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import hashlib
 import json
 import sys
 import time
@@ -156,9 +157,20 @@ def load_scoring_model(path: Path, dtype: str, zero3: bool, device, world: int):
 
 
 def cell_key(cfg: MatrixCfg, m: MatrixModel, t: MatrixTest, shots: int) -> str:
-    """What a score depends on: a cell scored with other settings is scored again."""
+    """What a score depends on: a cell scored with other settings, or on a test set prepared again with other
+    content, is scored again."""
     return json.dumps([m.name, m.path, m.tokenizer, t.name, t.path, t.split, t.template, t.demos_from, shots,
-                       cfg.max_examples, cfg.max_new_tokens, cfg.dtype])
+                       cfg.max_examples, cfg.max_new_tokens, cfg.dtype, _content(t.path), _content(t.demos_from)])
+
+
+def _content(path: str | None) -> str | None:
+    """A prepared task's content as its manifest states it (the example counts and spec, not the timing)."""
+    from data_prep.manifest import read_manifest
+
+    if path is None:
+        return None
+    m = read_manifest(path)
+    return hashlib.sha1(json.dumps([m["task"], m["splits"], m["tokenizer"]], sort_keys=True).encode()).hexdigest()
 
 
 def done_cells(out: Path) -> list[dict]:

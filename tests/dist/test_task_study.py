@@ -1,7 +1,8 @@
 """A task study (`kind: tasks`) end to end on a tiny Llama: raw task sources prepared (plain and FTICL), one
 fine-tuning run per task and FTICL setting, the matrix over base + every run × in-domain, out-of-domain and
 cross-task test sets as a child run, and the parent run with the matrix metrics, the findings and the report. A second
-invocation prepares, trains and scores nothing again."""
+invocation prepares, trains and scores nothing again; after a source changes, only it is prepared and scored
+again."""
 import json
 import subprocess
 import sys
@@ -89,3 +90,13 @@ matrix: {{shots: [0, 1], max_examples: 6, max_new_tokens: 4, micro_batch: 3}}
     again = study(cfg)
     assert "preparing task" not in again and "-shot:" not in again and again.count("finished earlier, skipped") == 4
     assert "preparing task" in out
+
+    # a source that changed is prepared again, and only the cells on it are scored again
+    write_jsonl(src / "code_first" / "test.jsonl", [{"input": d, "output": " " + d.split()[0]}
+                                                    for d in assets["code_docs"][:8]])
+    third = study(cfg)
+    assert third.count("preparing task") == 1 and "preparing task code_first" in third
+    scored = [line for line in third.splitlines() if "-shot:" in line]
+    assert len(scored) == 10 and all("× code_first" in line for line in scored)
+    cells = json.loads((root / "matrix" / "matrix.json").read_text())["cells"]
+    assert len(cells) == 30 and {c["examples"] for c in cells if c["test"] == "code_first"} == {6}
