@@ -79,6 +79,7 @@ class Validator:
             module = getattr(model, "module", model)
             if step == 0 and self.weight_delta.base is None:
                 self.weight_delta.snapshot(module)
+                out["weights/mean_abs_delta"] = 0.0  # curves start at the base
             elif self.weight_delta.base is not None:
                 out["weights/mean_abs_delta"] = self.weight_delta.measure(module, self.device)
         return out
