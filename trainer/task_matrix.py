@@ -140,7 +140,7 @@ def model_folder(m: MatrixModel, out: Path, rank: int, world: int) -> Path:
     return dst
 
 
-def load_scoring_model(path: Path, dtype: str, zero3: bool, device, world: int):
+def load_scoring_model(path: Path, dtype: str, zero3: bool, device):
     """(model, keep-alive): a plain model on this rank's device, or a ZeRO-3 inference engine's module."""
     cfg = ModelCfg(path=str(path), dtype=dtype)
     if not zero3:
@@ -190,7 +190,7 @@ def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int
     """Every (test set, shots) cell of one model; rank 0 appends each to cells.jsonl as it is scored."""
     out = Path(cfg.out)
     folder = model_folder(m, out, rank, world)
-    model, keep = load_scoring_model(folder, cfg.dtype, cfg.zero3, device, world)
+    model, keep = load_scoring_model(folder, cfg.dtype, cfg.zero3, device)
     tokenizer = load_tokenizer(ModelCfg(path=str(folder), tokenizer=m.tokenizer))
     cells = []
     for test, shots in todo:

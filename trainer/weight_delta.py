@@ -28,8 +28,10 @@ class WeightDelta:
 
     def snapshot(self, model) -> None:
         """Copy this rank's share of the base weights to host memory and to the run folder."""
-        self.base = {name: _local(p)[0][:_local(p)[1]].detach().to("cpu", copy=True)
-                     for name, p in model.named_parameters()}
+        self.base = {}
+        for name, p in model.named_parameters():
+            local, n = _local(p)
+            self.base[name] = local[:n].detach().to("cpu", copy=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         torch.save(self.base, tmp)
