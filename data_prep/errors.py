@@ -13,7 +13,12 @@ from typing import Callable
 
 
 class OdysseyError(Exception):
-    """A bad input or state the user can fix: the message is one line that names it."""
+    """A bad input or state the user can fix: the message is one line that names it. `rank_local`: a failure of
+    this rank alone (say its disk), printed by that rank rather than only by rank 0."""
+
+    def __init__(self, message: str = "", rank_local: bool = False):
+        super().__init__(message)
+        self.rank_local = rank_local
 
 
 def guarded(fn: Callable[[], int | None]) -> int:
@@ -22,6 +27,6 @@ def guarded(fn: Callable[[], int | None]) -> int:
     try:
         return fn() or 0
     except OdysseyError as err:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if int(os.environ.get("RANK", "0")) == 0 or err.rank_local:
             print(f"odyssey: error: {err}", file=sys.stderr, flush=True)
         return 2

@@ -12,7 +12,8 @@
 #   SSH_PORT       sshd port on the nodes (--ssh_port: used by the runner's ssh check and by pdsh)
 #   PDSH_SSH_ARGS_APPEND  extra ssh options for pdsh, e.g. "-i ~/.ssh/cluster_key"
 #   FORWARD_ENV    more variable names to carry to every rank (space-separated)
-#   LAUNCH_DIR     where the hostfile, the env file and launch.log go (default: logs/launch-<date>-<pid>)
+#   LAUNCH_DIR     where the hostfile, the env files (0600, removed at the end) and launch.log go
+#                  (default: logs/launch-<date>-<pid>)
 #
 # The working directory must be the same path on every node (shared filesystem): pdsh runs `cd $PWD` there, with the
 # same python (this one's path). Exit status: non-zero if any node's rank failed (pdsh -S returns the worst one).
@@ -48,6 +49,16 @@ for host in ${HOSTS//,/ }; do
   ssh "${ssh_opts[@]}" "$host" true </dev/null 2>/dev/null || die "host $host: no passwordless ssh login (try: ssh $host)"
 done
 
+# Secrets (variables named *KEY*, *SECRET*, *TOKEN*, *PASSWORD*, and a tracking URI's user:password) never go on a
+# command line: the deepspeed runner pastes what it forwards into `export K=V;` on every node's command line and logs
+# it. They go into a file only this user can read, which each rank loads at start (ODYSSEY_SECRETS_FILE), and are
+# unset here. Both files are removed when the launch ends.
+umask 077
+SECRETS_FILE="$LAUNCH_DIR/secrets.json"
+trap 'rm -f "$SECRETS_FILE" "$LAUNCH_DIR/deepspeed_env"' EXIT
+eval "$("$PYTHON" -m data_prep.redact --env-file "$SECRETS_FILE")" || die "could not write $SECRETS_FILE"
+export ODYSSEY_SECRETS_FILE="$SECRETS_FILE"
+
 # The variables every rank needs. deepspeed forwards MLFLOW*, PYTHON* and (on CUDA) NCCL* itself; the rest goes
 # through its env file (DS_ENV_FILE), values shell-quoted because the runner pastes them into `export K=V;`.
 vars=(PATH VIRTUAL_ENV DS_ACCELERATOR HF_HOME HF_HUB_OFFLINE TRANSFORMERS_OFFLINE TOKENIZERS_PARALLELISM
@@ -63,8 +74,10 @@ echo "[launch] hosts $HOSTS, master $MASTER_ADDR:$MASTER_PORT, files in $LAUNCH_
 deepspeed_bin=$(dirname "$PYTHON")/deepspeed
 [[ -x "$deepspeed_bin" ]] || deepspeed_bin=deepspeed
 set +e
+# the log goes through the redaction filter too: a secret a rank prints is masked before it reaches a file
 "$deepspeed_bin" --hostfile "$LAUNCH_DIR/hostfile" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" \
-  --launcher pdsh ${SSH_PORT:+--ssh_port "$SSH_PORT"} --module trainer.train "$@" 2>&1 | tee -a "$LAUNCH_DIR/launch.log"
+  --launcher pdsh ${SSH_PORT:+--ssh_port "$SSH_PORT"} --module trainer.train "$@" 2>&1 \
+  | "$PYTHON" -m data_prep.redact | tee -a "$LAUNCH_DIR/launch.log"
 rc=${PIPESTATUS[0]}
 [[ $rc -eq 0 ]] || echo "odyssey: error: the launch failed (exit $rc): a rank on some node failed; see $LAUNCH_DIR/launch.log (lines are prefixed by host)" >&2
 exit "$rc"

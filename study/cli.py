@@ -116,7 +116,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     out = Path(args.out)
     result, png = measure(reference, domains, args.tokenizer or manifests[0]["tokenizer"]["name"], args.embedder,
                           SampleCfg(seed=args.seed, chunks=args.chunks, chunk_tokens=args.chunk_tokens), out)
-    tracker = Tracker(out.parent, args.experiment, enabled=True)
+    tracker = Tracker(out.parent, args.experiment, enabled=True, journal="similarity")
     tracker.start(args.run_name)
     tracker.log_params({"reference": str(reference), "seed": str(args.seed), "chunks": str(args.chunks),
                         "chunk_tokens": str(args.chunk_tokens)})

@@ -61,7 +61,8 @@ def setup_study(path: str | Path) -> tuple[StudyCfg, Tracker, dict[str, dict]]:
     state_path = out / "study_state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     tracker = Tracker(out, study.name, enabled=True)
-    state["parent_run_id"] = tracker.start(study.name, state.get("parent_run_id"), tags={"study": study.name})
+    state["parent_run_id"] = tracker.start(study.name, state.get("parent_run_id"), tags={"study": study.name},
+                                           wait=True)
     state_path.write_text(json.dumps(state, indent=2))
     say(f"study {study.name}: parent MLflow run {tracker.run_id} at {tracker.uri}")
     similarity, measured = {}, {}

@@ -75,7 +75,7 @@ def setup(path: str | Path, study: TaskStudyCfg) -> tuple[Tracker, dict[str, Pat
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     tracker = Tracker(out, study.name, enabled=True)
     state["parent_run_id"] = tracker.start(study.name, state.get("parent_run_id"),
-                                           tags={"study": study.name, "kind": "tasks"})
+                                           tags={"study": study.name, "kind": "tasks"}, wait=True)
     state_path.write_text(json.dumps(state, indent=2))
     say(f"task study {study.name}: {len(study.run_keys)} runs; parent MLflow run {tracker.run_id} at {tracker.uri}")
     for key, task, k in study.variants():

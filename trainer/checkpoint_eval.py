@@ -62,7 +62,7 @@ def run_config(folder: Path, config: str | None) -> Config:
 
 
 def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: bool = False, poll: float = 30.0,
-                         new_run: bool = False, until_step: int | None = None) -> list[int]:
+                         new_run: bool = False, until_step: int | None = None, fast: bool = False) -> list[int]:
     """Score every complete checkpoint not scored before (with --watch: as they appear, until `until_step`)."""
     folder = Path(folder).resolve()
     while watch and not (folder.is_dir() and (config or (folder.parent / "config.yaml").is_file())):
@@ -74,7 +74,7 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     rank, world, device = init_distributed()  # this rank's GPU where there is one
     tokenizer = load_tokenizer(cfg.model)
     domains, _ = check_domains(cfg, tokenizer_fingerprint(tokenizer))
-    tracker = Tracker(folder.parent, cfg.tracking.experiment, enabled=rank == 0, uri=cfg.tracking.uri)
+    tracker = Tracker(folder.parent, cfg.tracking.experiment, enabled=rank == 0, uri=cfg.tracking.uri, journal="eval")
     validator = Validator(cfg, open_eval_sets(domains, cfg.eval.split), rank, world, device, tokenizer, tracker,
                           folder.parent)
     done_path = folder / DONE
@@ -83,8 +83,8 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     scored: list[int] = []
     while True:
         for step, name, kind in [c for c in list_checkpoints(folder) if c[1] not in done]:
-            marker = json.loads((folder / name / checkpoint.COMPLETE).read_text()) if kind == "deepspeed" else {}
-            if tracker.enabled and tracker.run_id is None:
+            marker = checkpoint.verify(folder, name, fast=fast) if kind == "deepspeed" else {}
+            if tracker.enabled and tracker.run_key is None:
                 tracker.start(f"{cfg.run.name}-eval" if new_run else cfg.tracking.run_name or cfg.run.name,
                               None if new_run else marker.get("mlflow_run_id"))
             if state.baseline is None:

@@ -16,6 +16,12 @@ def add_parser(sub) -> None:
     add_eval_parser(sub)
     add_export_parser(sub)
     add_task_matrix_parser(sub)
+    y = sub.add_parser("sync", help="send what a run's tracking journal still holds to MLflow",
+                       description="Replay the MLflow calls a run could not send (server unreachable, job ended): "
+                                   "<run_dir>/mlflow/*.jsonl past their .sent marks, in order.")
+    y.add_argument("run_dir")
+    y.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the run's embedded store)")
+    y.set_defaults(func=cmd_sync)
 
 
 def add_train_parser(sub, name: str, help: str, func) -> None:
@@ -46,6 +52,7 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--poll", type=float, default=30.0, help="seconds between polls with --watch")
     p.add_argument("--until-step", type=int, help="with --watch: stop once a checkpoint at this step is evaluated")
     p.add_argument("--new-run", action="store_true", help="log into a new MLflow run instead of the training run")
+    p.add_argument("--fast", action="store_true", help="check checkpoint file sizes only, not their xxh64 checksums")
     p.set_defaults(func=cmd_eval)
 
 
@@ -58,6 +65,7 @@ def add_export_parser(sub) -> None:
     e.add_argument("out", help="output folder")
     e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     e.add_argument("--overwrite", action="store_true")
+    e.add_argument("--fast", action="store_true", help="check checkpoint file sizes only, not their xxh64 checksums")
     e.set_defaults(func=cmd_export)
 
 
@@ -84,7 +92,7 @@ def preflight(config: str, overrides: list[str], resume: str | None, world: int)
     cfg = load_config(config, overrides)
     check_domains(cfg, tokenizer_fingerprint(load_tokenizer(cfg.model)))
     fill_ds_config(cfg, world_size=1)
-    checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, world)
+    checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, 0, world, fast=True)  # the ranks hash
 
 
 def launch_local(config: str, overrides: list[str], nproc: int, resume: str | None = None,
@@ -172,12 +180,28 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainer.checkpoint_eval import evaluate_checkpoints, report
 
     return report(evaluate_checkpoints(args.checkpoints, args.config, args.watch, args.poll, args.new_run,
-                                       args.until_step))
+                                       args.until_step, args.fast))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from trainer.export import export
 
-    out = export(args.checkpoint, args.out, args.dtype, args.overwrite)
+    out = export(args.checkpoint, args.out, args.dtype, args.overwrite, args.fast)
     print(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with from_pretrained('{out}')")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainer.tracking import TrackingError, sync
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "mlflow").is_dir():
+        raise TrackingError(f"{run_dir}: no tracking journal (mlflow/*.jsonl); not an Odyssey run folder")
+    sent, left = sync(run_dir, args.uri)
+    if left:
+        raise TrackingError(f"sent {sent} call(s); MLflow became unreachable with {left} left in {run_dir / 'mlflow'}; "
+                            f"run odyssey sync again")
+    print(f"sent {sent} call(s) from {run_dir / 'mlflow'}; nothing left")
     return 0

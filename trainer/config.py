@@ -117,8 +117,10 @@ class TaskEvalCfg(Section):
 class CheckpointCfg(Section):
     interval: int = Field(default=0, ge=0)  # 0: save only at the end
     save_final: bool = True
-    keep_last: int | None = Field(default=None, gt=0)  # delete older checkpoints beyond the newest K (None: keep all)
+    keep_last: int | None = Field(default=3, gt=0)  # delete older checkpoints beyond the newest K (None: keep all)
     keep_every: int | None = Field(default=None, gt=0)  # ...except those whose step is a multiple of M
+    verify: Literal["full", "fast"] = "full"  # on resume: every file's xxh64 (full) or only its size (fast)
+    grace_s: float | None = Field(default=None, gt=0)  # seconds between the stop signal and SIGKILL on this cluster
 
 
 class DeepSpeedCfg(Section):
@@ -136,6 +138,7 @@ class TrackingCfg(Section):
     experiment: str = "odyssey"
     run_name: str | None = None  # defaults to run.name
     tags: dict[str, str] = Field(default_factory=dict)
+    wait_s: float = Field(default=60.0, ge=0)  # at the end, how long to wait for an unreachable server (journal keeps the rest)
 
 
 class Config(Section):

@@ -15,8 +15,9 @@ from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
 
 
-def locate(ckpt: Path) -> tuple[Path, str, Path]:
-    """(checkpoints root, tag, run folder) from a step folder, a checkpoints folder or a run folder."""
+def locate(ckpt: Path, fast: bool = False) -> tuple[Path, str, Path]:
+    """(checkpoints root, tag, run folder) from a step folder, a checkpoints folder or a run folder; the checkpoint
+    verified (checksums, or sizes only when `fast`)."""
     ckpt = ckpt.resolve()
     if (ckpt / checkpoint.COMPLETE).is_file():
         root, tag = ckpt.parent, ckpt.name
@@ -26,6 +27,7 @@ def locate(ckpt: Path) -> tuple[Path, str, Path]:
         if not tag:
             raise CheckpointError(f"{ckpt}: no complete checkpoint found")
     checkpoint.resolve(root, tag)  # complete?
+    checkpoint.verify(root, tag, fast=fast)
     run_dir = root.parent
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir}: no config.yaml next to the checkpoints (not an Odyssey run folder)")
@@ -51,7 +53,7 @@ def consolidated_model(root: Path, tag: str, model_path: str, trust_remote_code:
     return model
 
 
-def export(ckpt: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> Path:
+def export(ckpt: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False, fast: bool = False) -> Path:
     from transformers import AutoTokenizer
 
     from trainer.model import DTYPES as TORCH_DTYPES
@@ -59,7 +61,7 @@ def export(ckpt: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bo
     out = Path(out)
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; pass --overwrite to replace it")
-    root, tag, run_dir = locate(Path(ckpt))
+    root, tag, run_dir = locate(Path(ckpt), fast)
     model_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
     t0 = time.time()
     model = consolidated_model(root, tag, model_cfg["path"], model_cfg.get("trust_remote_code", False))

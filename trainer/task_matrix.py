@@ -111,7 +111,7 @@ def check_matrix(cfg: MatrixCfg) -> None:
         if not (Path(m.path) / "config.json").is_file():
             if not Path(m.path).exists():
                 raise ConfigError(f"model '{m.name}': {m.path} not found")
-            locate(Path(m.path))
+            locate(Path(m.path), fast=True)
 
 
 def export_runs(cfg: MatrixCfg) -> None:
@@ -129,7 +129,7 @@ def model_folder(m: MatrixModel, out: Path, rank: int, world: int) -> Path:
     path = Path(m.path)
     if (path / "config.json").is_file():
         return path
-    root, tag, _ = locate(path)  # a one-line error when it is neither
+    root, tag, _ = locate(path, fast=True)  # a one-line error when it is neither
     dst = out / "models" / m.name.replace("/", "__")
     marker = dst / "odyssey_export.yaml"
     if rank == 0 and not (marker.is_file() and str(root / tag) in marker.read_text()):
@@ -249,7 +249,7 @@ def report(cfg: MatrixCfg, cells: list[dict]) -> None:
         for c in cells:
             writer.writerow({**c, "kind": cell_kind(c["model_task"], c["test_task"], c["ood"])})
     png = task_heatmap(cells, summary["models"], out / "heatmap.png")
-    tracker = Tracker(out, cfg.tracking.experiment, enabled=True, uri=cfg.tracking.uri)
+    tracker = Tracker(out, cfg.tracking.experiment, enabled=True, uri=cfg.tracking.uri, journal="matrix")
     tracker.start(cfg.tracking.run_name or out.name, tags={**cfg.tracking.tags, "kind": "task-matrix"})
     log_matrix(tracker, cells, summary, [out / "matrix.json", out / "matrix.csv", png])
     tracker.end("FINISHED")

@@ -1,23 +1,43 @@
-"""What a run reports: MLflow from rank 0 only, and console lines from rank 0 (`log`). Other ranks get a Tracker whose methods do nothing, so the loop needs no rank checks.
-Metrics are written by a background thread, so a training step never waits for the store (a sqlite write or a server
-round trip per step is several percent of a GPU step); `flush()` and `end()` wait for them and raise what failed.
+"""What a run reports: MLflow from rank 0 only, and console lines from rank 0 (`log`). Other ranks get a Tracker whose
+methods do nothing, so the loop needs no rank checks.
+
+Tracking never stops training. Every call is written to the run's journal (trainer/journal.py) and handed to one
+background writer, which sends the calls to MLflow in order. While the server is unreachable the writer keeps
+retrying (backing off to 30 s) and the calls wait in the journal; when it is back they are replayed. A call the
+server refuses for good (a param changed on resume) is reported and skipped. What is still unsent when the job ends
+is replayed by the next start of the run, or by `odyssey sync RUN_DIR`.
+
+A resumed run replays the steps after its checkpoint; metric points it already logged for those steps (the journal
+knows them) are not logged twice, so every (metric, step) appears once in MLflow.
 
 Without MLFLOW_TRACKING_URI the store is embedded: `sqlite:///<run_dir>/mlflow.db`, artifacts in `<run_dir>/mlartifacts`.
+Credentials in a URI (`https://user:pass@host`) move to MLFLOW_TRACKING_USERNAME/PASSWORD; the URI is shown without them.
 """
 from __future__ import annotations
 
-import atexit
 import os
 import queue
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+from data_prep.errors import OdysseyError
+from data_prep.redact import MASK, is_secret_key, redact, secret_values, split_userinfo
 from trainer.config import flatten
+from trainer.journal import Journal
 
 PARAM_VALUE_MAX = 6000  # MLflow's limit on a param value
 PARAM_KEY_MAX = 250
-SECRET_WORDS = ("token", "secret", "password", "key", "credential")
+RETRY_MAX_S = 30.0
+# refusals that retrying cannot fix: the call is skipped (and reported), the calls after it go on
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+             "INVALID_STATE"}
+
+
+class TrackingError(OdysseyError, RuntimeError):
+    """MLflow could not be reached where a caller must wait for it (a study's parent run)."""
 
 
 def log(rank: int, msg: str) -> None:
@@ -31,100 +51,230 @@ def default_tracking_uri(run_dir: Path, uri: str | None = None) -> str:
 
 
 def params_for(config_tree: dict) -> dict[str, str]:
+    """MLflow params of a config: secret keys masked, secret values and URI credentials redacted, limits kept."""
+    secrets = secret_values()
     out = {}
     for k, v in flatten(config_tree).items():
-        leaf = k.rsplit(".", 1)[-1].lower()
-        value = "***" if any(w in leaf for w in SECRET_WORDS) and leaf != "tokenizer" and v else str(v)
+        value = MASK if is_secret_key(k) and v else redact(str(v), secrets=secrets)
         out[k[:PARAM_KEY_MAX]] = value[:PARAM_VALUE_MAX]
     return out
 
 
+def _permanent(err: BaseException) -> bool:
+    return getattr(err, "error_code", None) in PERMANENT or isinstance(err, FileNotFoundError)
+
+
 class Tracker:
-    def __init__(self, run_dir: Path, experiment: str, enabled: bool, uri: str | None = None):
+    def __init__(self, run_dir: Path, experiment: str, enabled: bool, uri: str | None = None, journal: str = "train"):
         self.enabled = enabled
-        self.run_id: str | None = None
         self.run_dir = run_dir
         self.experiment = experiment
-        self.uri = default_tracking_uri(run_dir, uri)
+        self.uri, user, password = split_userinfo(default_tracking_uri(run_dir, uri))
+        for name, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
+            if value:
+                os.environ.setdefault(name, value)
         # a sqlite file store keeps its artifacts beside the .db (mlflow's default is ./mlartifacts of the cwd)
         self.artifact_root = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" \
             if self.uri.startswith("sqlite:///") else None
-        self._metrics: queue.Queue | None = None
-        self._error: BaseException | None = None
+        self.journal = Journal(run_dir / "mlflow", journal) if enabled else None
+        self.run_key: str | None = None  # the journal's name of this run: its MLflow id, or "pending-…" until created
+        self._queue: queue.Queue = queue.Queue()
+        self._down_since: float | None = None
+        self._hurry = threading.Event()  # set while end() waits: retry every second instead of backing off
+        self._logged: set[tuple[str, int]] = set()
+        self._client = None
 
-    def start(self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None) -> str | None:
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id (None while the run waits to be created on an unreachable server)."""
+        return self.journal.run_id(self.run_key) if self.enabled else None
+
+    @property
+    def client(self):
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage pings from offline training nodes
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")  # the writer retries, with no cap
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def start(self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None,
+              resume_step: int | None = None, wait: bool = False) -> str | None:
+        """Open the run: a new one (run_id None) or `run_id` again (a journal key or an MLflow id). With
+        `resume_step`, metric points the journal holds past that step are not logged again. With `wait`, the run
+        is created now or a one-line TrackingError says why (callers that need its id at once). Returns the key."""
         if not self.enabled:
             return run_id
-        # MLflow's usage telemetry would start a thread that calls out from every training job; nodes are offline
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        from mlflow import MlflowClient
-
-        self.client = MlflowClient(self.uri)
+        if run_id is None and wait:
+            run_id = self._create_now(run_name, tags or {})
+        replay = self.journal.unsent()
         if run_id is None:
-            exp = self.client.get_experiment_by_name(self.experiment)
-            if exp is None:
-                location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
-                exp_id = self.client.create_experiment(self.experiment, artifact_location=location)
-            else:
-                exp_id = exp.experiment_id
-            run = self.client.create_run(exp_id, run_name=run_name, tags=tags or {})
-            self.run_id = run.info.run_id
+            self.run_key = f"pending-{uuid.uuid4().hex[:12]}"
+            record = {"op": "create", "run": self.run_key, "name": run_name, "experiment": self.experiment,
+                      "tags": {k: redact(str(v)) for k, v in (tags or {}).items()}}
         else:
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
-        return self.run_id
+            self.run_key = run_id
+            record = {"op": "resume", "run": run_id}
+        if resume_step is not None:
+            self._logged = self.journal.logged_after(self.run_key, resume_step)
+        threading.Thread(target=self._write, name="odyssey-mlflow", daemon=True).start()
+        for old in replay:  # calls an earlier attempt could not send, first and in order
+            self._queue.put(old)
+        self._put(record)
+        return self.run_key
+
+    def _create_now(self, run_name: str, tags: dict[str, str]) -> str:
+        record = {"run": None, "name": run_name, "experiment": self.experiment,
+                  "tags": {k: redact(str(v)) for k, v in tags.items()}}
+        try:
+            return self._create(record)
+        except Exception as err:
+            raise TrackingError(f"MLflow at {self.uri} did not create run '{run_name}': "
+                                f"{redact(str(err)).splitlines()[0][:300]}") from None
+
+    def _put(self, record: dict) -> None:
+        self._queue.put(self.journal.append(record))
 
     def log_params(self, params: dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        if self.enabled:
+            self._put({"op": "params", "run": self.run_key, "params": params})
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if not self.enabled or not metrics:
             return
-        import time
-
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        if self._metrics is None:
-            self._metrics = queue.Queue()
-            threading.Thread(target=self._write_metrics, name="odyssey-mlflow-metrics", daemon=True).start()
-            atexit.register(self._metrics.join)  # a process that ends without flush() still writes what it logged
-        self._metrics.put([Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-    def _write_metrics(self) -> None:
-        while True:
-            items = self._metrics.get()
-            try:
-                for i in range(0, len(items), 1000):
-                    self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
-            except Exception as err:  # kept for flush(), which raises it in the loop's thread
-                self._error = self._error or err
-            finally:
-                self._metrics.task_done()
-
-    def flush(self) -> None:
-        """Wait until every metric logged so far is in the store."""
-        if self._metrics is not None:
-            self._metrics.join()
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
+        fresh = {k: float(v) for k, v in metrics.items() if (k, step) not in self._logged}
+        if fresh:
+            self._put({"op": "metrics", "run": self.run_key, "step": step, "time": int(time.time() * 1000),
+                       "metrics": fresh})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self._put({"op": "artifact", "run": self.run_key, "path": str(Path(path).resolve()),
+                       "artifact_path": artifact_path})
 
     def set_tag(self, key: str, value: Any) -> None:
         if self.enabled:
-            self.client.set_tag(self.run_id, key, str(value))
+            self._put({"op": "tag", "run": self.run_key, "key": key, "value": redact(str(value))})
 
-    def end(self, status: str = "FINISHED") -> None:
-        if self.enabled and self.run_id:
-            self.flush()
-            self.client.set_terminated(self.run_id, status=status)
+    # --- waiting
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every call so far reached MLflow; stop waiting while the server is unreachable, or after
+        `timeout` seconds. Returns whether everything was sent."""
+        deadline = None if timeout is None else time.time() + timeout
+        while self.enabled and self._queue.unfinished_tasks:
+            if self._down_since is not None or (deadline is not None and time.time() > deadline):
+                return False
+            time.sleep(0.05)
+        return True
+
+    def end(self, status: str = "FINISHED", wait_s: float = 60.0) -> bool:
+        """Close the run with `status` (FINISHED, FAILED, KILLED). Waits up to `wait_s` for an unreachable server,
+        then leaves the rest in the journal and says how to send it. Returns whether everything was sent."""
+        if not self.enabled or self.run_key is None:
+            return True
+        self._put({"op": "end", "run": self.run_key, "status": status})
+        self._hurry.set()
+        deadline = time.time() + wait_s
+        while not self.flush(timeout=max(0.0, deadline - time.time())) and time.time() < deadline:
+            time.sleep(0.5)
+        left = self._queue.unfinished_tasks
+        if left:
+            log(0, f"MLflow at {self.uri} unreachable: {left} call(s) kept in {self.journal.path}; they are sent by "
+                   f"the next start of this run, or now with: odyssey sync {self.run_dir}")
+        return not left
+
+    # --- the writer thread
+    def _write(self) -> None:
+        while True:
+            record = self._queue.get()
+            delay = 1.0
+            while not self._send(record):
+                self._hurry.wait(delay)
+                delay = 1.0 if self._hurry.is_set() else min(2 * delay, RETRY_MAX_S)
+            if self._down_since is not None:
+                log(0, f"MLflow at {self.uri} reachable again after {time.time() - self._down_since:.0f}s; "
+                       f"replaying the journal")
+                self._down_since = None
+            self.journal.mark_sent(record["seq"])
+            self._queue.task_done()
+
+    def _send(self, record: dict) -> bool:
+        """One journal record to MLflow: True when done (or refused for good), False to retry later."""
+        try:
+            getattr(self, f"_{record['op']}")(record)
+            return True
+        except Exception as err:  # the writer must survive anything the store raises
+            why = redact(str(err)).splitlines()[0][:300] if str(err) else type(err).__name__
+            if _permanent(err):
+                log(0, f"MLflow refused {record['op']} #{record['seq']} ({why}); skipped")
+                return True
+            if self._down_since is None:
+                self._down_since = time.time()
+                log(0, f"MLflow at {self.uri} unreachable ({why}); nothing waits for it: calls are kept in "
+                       f"{self.journal.path} and sent when it is back")
+            return False
+
+    def _id(self, record: dict) -> str:
+        run_id = self.journal.run_id(record["run"])
+        if run_id is None:
+            raise KeyError(f"run {record['run']} was never created")  # retried until its create record is sent
+        return run_id
+
+    def _create(self, record: dict) -> str:
+        if record["run"] and self.journal.run_id(record["run"]):
+            return self.journal.run_id(record["run"])  # created before a crash that came before its .sent mark
+        client = self.client
+        exp = client.get_experiment_by_name(record["experiment"])
+        if exp is None:
+            location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+            exp_id = client.create_experiment(record["experiment"], artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        run_id = client.create_run(exp_id, run_name=record["name"], tags=record["tags"]).info.run_id
+        if record["run"]:
+            self.journal.set_run_id(record["run"], run_id)
+        return run_id
+
+    def _resume(self, record: dict) -> None:
+        self.client.update_run(self._id(record), status="RUNNING")
+
+    def _params(self, record: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in record["params"].items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self._id(record), params=items[i:i + 100])
+
+    def _metrics(self, record: dict) -> None:
+        from mlflow.entities import Metric
+
+        items = [Metric(k, v, record["time"], record["step"]) for k, v in record["metrics"].items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self._id(record), metrics=items[i:i + 1000])
+
+    def _artifact(self, record: dict) -> None:
+        if not Path(record["path"]).exists():
+            raise FileNotFoundError(record["path"])
+        self.client.log_artifact(self._id(record), record["path"], record["artifact_path"])
+
+    def _tag(self, record: dict) -> None:
+        self.client.set_tag(self._id(record), record["key"], record["value"])
+
+    def _end(self, record: dict) -> None:
+        self.client.set_terminated(self._id(record), status=record["status"])
+
+
+def sync(run_dir: Path, uri: str | None = None) -> tuple[int, int]:
+    """`odyssey sync RUN_DIR`: send what every journal of the run folder still holds. Returns (sent, left)."""
+    sent = left = 0
+    for path in sorted((run_dir / "mlflow").glob("*.jsonl")):
+        tracker = Tracker(run_dir, "", enabled=True, uri=uri, journal=path.stem)
+        for record in tracker.journal.unsent():
+            if not tracker._send(record):
+                left = len(tracker.journal.unsent())
+                return sent, left
+            tracker.journal.mark_sent(record["seq"])
+            sent += 1
+    return sent, left

@@ -23,6 +23,7 @@ import yaml
 
 from data_prep.errors import guarded
 from data_prep.manifest import tokenizer_fingerprint
+from data_prep.redact import load_env_file, redact
 from trainer import checkpoint
 from trainer.config import Config, ConfigError, load_config
 from trainer.data import Batches, build_train_loader, check_domains, model_inputs, open_eval_sets
@@ -69,7 +70,7 @@ class Trainer:
         self.state = RunState()
         tokenizer = load_tokenizer(cfg.model)  # data checks first: cheap, and they fail before any weight loads
         self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer))
-        tag = checkpoint.starting_tag(self.ckpt_root, resume, self.world)
+        tag = checkpoint.starting_tag(self.ckpt_root, resume, self.rank, self.world, cfg.checkpoint.verify == "fast")
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not tag:
@@ -82,7 +83,8 @@ class Trainer:
             self.ledger.truncate_after(0)  # a fresh start owns the run folder: no records of an unfinished attempt
         self.tracker = Tracker(self.run_dir, cfg.tracking.experiment, enabled=self.rank == 0, uri=cfg.tracking.uri)
         self.state.mlflow_run_id = self.tracker.start(cfg.tracking.run_name or cfg.run.name, self.state.mlflow_run_id,
-                                                      tags=cfg.tracking.tags)
+                                                      tags=cfg.tracking.tags,
+                                                      resume_step=self.state.step if tag else None)
         if self.rank == 0 and not tag:
             self._record_run()
         self.validator = Validator(cfg, open_eval_sets(self.domains, cfg.eval.split), self.rank, self.world,
@@ -116,19 +118,23 @@ class Trainer:
 
     def _resume(self, tag: str) -> None:
         t0 = time.time()
-        saved = checkpoint.load(self.engine, self.ckpt_root, tag, self.rank, self.world)
+        saved = checkpoint.load(self.engine, self.ckpt_root, tag, self.rank)
         self.state = RunState.from_dict(saved)
         self.loader.load_state_dict(saved["loader"])
         self.ledger.truncate_after(self.state.step)  # steps after the checkpoint are replayed
+        save_s = json.loads((self.ckpt_root / tag / checkpoint.COMPLETE).read_text()).get("save_s")
         log(self.rank, f"resumed from {self.ckpt_root / tag} at step {self.state.step} ({self.state.tokens_seen:,} "
-                       f"tokens seen; loaded in {time.time() - t0:.1f}s)")
+                       f"tokens seen; loaded in {time.time() - t0:.1f}s, saved in {save_s}s)")
+        self._check_grace(save_s)
 
     def _record_run(self) -> None:
         """Rank 0 of a fresh run: what ran (resolved config, DeepSpeed JSON, manifests) into the folder and MLflow."""
         run_dir, tracker = self.run_dir, self.tracker
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False))
+        tree = self.cfg.model_dump(mode="json")
+        tree["tracking"]["uri"] = self.cfg.tracking.uri and tracker.uri  # without credentials (they are in the env)
+        (run_dir / "config.yaml").write_text(redact(yaml.safe_dump(tree, sort_keys=False)))
         (run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
-        tracker.log_params(params_for(self.cfg.model_dump(mode="json")))
+        tracker.log_params(params_for(tree))
         derived = {"world_size": self.world, "seq_len": self.seq_len, "tokens_per_step": self.tokens_per_step,
                    "total_steps": self.max_steps, "params": self.n_params, "params_on_rank0": self.n_local,
                    "flops_per_token": f"{self.flops_token:.4g}", "peak_tflops": self.peak_tflops}
@@ -240,12 +246,23 @@ class Trainer:
     def save(self, step: int) -> None:
         t0 = time.time()
         self.ledger.flush()
+        self.state.mlflow_run_id = self.tracker.run_id or self.state.mlflow_run_id  # the real id once it exists
         client = {**self.state.to_dict(), "loader": self.loader.state_dict()}
-        path = checkpoint.save(self.engine, self.ckpt_root, step, client, self.rank, self.world)
+        path, seconds = checkpoint.save(self.engine, self.ckpt_root, step, client, self.rank, self.world)
+        self.tracker.log_metrics({"checkpoint/save_s": seconds}, step)
         if self.rank == 0:
             pruned = checkpoint.prune(self.ckpt_root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
             log(self.rank, f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
+        self._check_grace(seconds)
         self.meter.start_clock()
+
+    def _check_grace(self, save_s: float | None) -> None:
+        """A save that cannot finish between the stop signal and SIGKILL loses everything since the last one."""
+        grace = self.cfg.checkpoint.grace_s
+        if grace and save_s and save_s > 0.8 * grace:
+            log(self.rank, f"warning: a checkpoint takes {save_s:.0f}s, checkpoint.grace_s is {grace:.0f}s: a "
+                           f"preemption would kill the save; signal earlier (sbatch --signal=B:USR1@"
+                           f"{int(2 * save_s) + 60}) or save more often (docs/TRAINING.md, Preemption)")
 
     # --- the loop
     def fit(self) -> str | None:
@@ -289,11 +306,15 @@ class Trainer:
             self.save(step)
         self.validator.curves(state)
         if step >= self.max_steps:
-            self.tracker.end("FINISHED")
+            self.tracker.end("FINISHED", self.cfg.tracking.wait_s)
             if self.rank == 0:
                 (self.run_dir / FINISHED).write_text(json.dumps({"step": step, "tokens_seen": state.tokens_seen}) + "\n")
             log(self.rank, f"done: {step} steps, {state.tokens_seen:,} tokens; run folder {self.run_dir}")
-        elif stopped_by:
+            return
+        self.tracker.set_tag("odyssey.stopped_by", stopped_by or "run.halt_at_step")
+        self.tracker.end("FAILED" if stopped_by and stopped_by.startswith("bad loss") else "KILLED",
+                         self.cfg.tracking.wait_s)  # resuming sets it RUNNING again
+        if stopped_by:
             log(self.rank, f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")
         else:
             log(self.rank, f"halted at step {step} (run.halt_at_step); continue with --resume auto")
@@ -311,9 +332,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
 
     def run() -> int:
-        stopped_by = Trainer(load_config(args.config, args.overrides), args.resume).fit()
+        trainer = Trainer(load_config(args.config, args.overrides), args.resume)
+        try:
+            stopped_by = trainer.fit()
+        except BaseException as err:  # the MLflow run says how it ended; the error goes on to the guard
+            trainer.tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
+                                trainer.cfg.tracking.wait_s)
+            raise
         return 3 if stopped_by and stopped_by.startswith("bad loss") else 0
 
+    load_env_file(os.environ.pop("ODYSSEY_SECRETS_FILE", None))  # secrets a multi-node launch kept off command lines
     return guarded(run)
 
 

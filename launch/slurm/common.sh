@@ -29,11 +29,15 @@ odyssey_srun_opts() {
 # Run "$@" (an srun step) so that it survives preemption. On USR1 (sent by SLURM at --signal=B:USR1@<s> before the
 # time limit, or by `scancel --signal=USR1 --batch JOB`) every step of the job gets USR1: the trainer saves a
 # checkpoint at the next step boundary and exits 0. The job is then requeued, restarts this script from the top,
-# and the trainer's `--resume auto` continues from that checkpoint. A plain TERM (scancel, node failure) reaches
-# the ranks from SLURM itself; they checkpoint too, but the job is not requeued: a cancel means stop.
+# and the trainer's `--resume auto` continues from that checkpoint.
+# A TERM (preemption with PreemptMode=REQUEUE, scancel, a node going down) reaches the ranks from SLURM itself, and
+# SIGKILL follows after GraceTime (preemption) or KillWait (cancel). The ranks checkpoint at the next step boundary;
+# this script waits for them instead of dying, and leaves the requeue to SLURM (a preemption requeues, a cancel
+# means stop). A save must fit in that grace time: see docs/TRAINING.md, Preemption.
 odyssey_run_preemptible() {
-  local preempted=0 rc=0 pid
+  local preempted=0 terminated=0 rc=0 pid
   trap 'preempted=1; echo "[slurm] $(date +%T) USR1: asking every rank to checkpoint"; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
+  trap 'terminated=1; echo "[slurm] $(date +%T) TERM: the ranks checkpoint before SIGKILL"' TERM
   "$@" &
   pid=$!
   while :; do
@@ -41,7 +45,11 @@ odyssey_run_preemptible() {
     wait "$pid" || rc=$?
     kill -0 "$pid" 2>/dev/null || break  # wait returned for a trapped signal: the step still runs
   done
-  trap - USR1
+  trap - USR1 TERM
+  if (( terminated && rc == 0 )); then
+    echo "[slurm] $(date +%T) checkpoint saved after TERM; a preempted job is requeued by SLURM"
+    exit 0
+  fi
   if (( preempted && rc == 0 )); then
     echo "[slurm] $(date +%T) checkpoint saved; requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID" || odyssey_die "scontrol requeue $SLURM_JOB_ID failed (is the job --requeue?)"

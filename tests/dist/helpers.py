@@ -1,8 +1,12 @@
 """Shared by the multi-process tests: start `odyssey train` with N local ranks, read a run back from MLflow."""
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -34,15 +38,51 @@ def history(client, run_id, key):
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
-def run_wrapped(cfg, *args, env=None, expect=0):
-    """Like `run`, but each rank runs under tests/dist/wrap.py, which injects faults or records collectives from the
-    test's side (TEST_* variables)."""
-    from pathlib import Path
+ROOT = str(Path(__file__).resolve().parents[2])
 
-    root = str(Path(__file__).resolve().parents[2])
-    launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    c = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), "--module", "tests.dist.wrap", str(cfg), *args]
-    full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": root, **(env or {})}
-    r = subprocess.run(c, capture_output=True, text=True, timeout=900, env=full_env, cwd=root)
-    assert r.returncode == expect, r.stdout[-3000:] + r.stderr[-3000:]
+
+def wrapped(cfg, *args, nproc=2, env=None) -> tuple[list[str], dict]:
+    """(command, environment) of a job whose ranks run under tests/dist/wrap.py, which injects faults or records
+    collectives from the test's side (TEST_* variables); one rank runs as a plain process."""
+    if nproc == 1:
+        c = [sys.executable, "-m", "tests.dist.wrap", str(cfg), *args]
+    else:
+        launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
+        c = [launcher, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "tests.dist.wrap",
+             str(cfg), *args]
+    return c, {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": ROOT, **(env or {})}
+
+
+def run_wrapped(cfg, *args, nproc=2, env=None, expect=0):
+    """Like `run`, with every rank under tests/dist/wrap.py."""
+    c, full_env = wrapped(cfg, *args, nproc=nproc, env=env)
+    r = subprocess.run(c, capture_output=True, text=True, timeout=900, env=full_env, cwd=ROOT)
+    assert expect is None or r.returncode == expect, r.stdout[-3000:] + r.stderr[-3000:]
     return r
+
+
+class MlflowServer:
+    """`mlflow server` with its own sqlite store and artifact folder, stopped and started on the same port."""
+
+    def __init__(self, root):
+        self.root, self.port, self.proc = root, free_port(), None
+        self.uri = f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root}/store.db",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", "127.0.0.1", "--port",
+             str(self.port), "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, cwd=self.root)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.uri}/health", timeout=2).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)  # a server that dies, not one that says goodbye
+        self.proc.wait(timeout=30)

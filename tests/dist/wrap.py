@@ -4,6 +4,11 @@ test switches). Started by the deepspeed launcher: `deepspeed --num_gpus 2 --mod
   TEST_LOSS_FAULTS="3:nan,6:1000"  on the last rank, the Nth training forward's loss becomes NaN, or is multiplied
   TEST_RECORD_COLLECTIVES=DIR      every tensor that trainer/ code hands to a torch.distributed collective is recorded
                                    (call site, device), with the engine's device, in DIR/rank<R>.json at exit
+  TEST_KILL_IN_SAVE=1              right after DeepSpeed wrote the shards of the first checkpoint this job saves
+                                   (before COMPLETE), the last rank SIGKILLs its process group: start the job in a
+                                   session of its own
+  TEST_STEP_SLEEP=S                every training forward sleeps S seconds (a slower step, so outages span steps)
+  TEST_RAISE_AT=N                  the Nth training forward raises RuntimeError (a crash mid-run)
 """
 from __future__ import annotations
 
@@ -35,6 +40,41 @@ def inject_loss_faults(spec: str) -> None:
             if fault:
                 out.loss = out.loss * (torch.tensor(float("nan")) if fault == "nan" else float(fault))
         return out
+
+    ds_engine.DeepSpeedEngine.forward = forward
+
+
+def kill_in_save() -> None:
+    import signal
+
+    import deepspeed.runtime.engine as ds_engine
+
+    original = ds_engine.DeepSpeedEngine.save_checkpoint
+
+    def save_checkpoint(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # the whole job at once, as when its node goes down
+        return out
+
+    ds_engine.DeepSpeedEngine.save_checkpoint = save_checkpoint
+
+
+def slow_or_crash(sleep_s: float, raise_at: int) -> None:
+    import time
+
+    import deepspeed.runtime.engine as ds_engine
+
+    original = ds_engine.DeepSpeedEngine.forward
+    count = [0]
+
+    def forward(self, *args, **kwargs):
+        if self.module.training:
+            count[0] += 1
+            time.sleep(sleep_s)
+            if count[0] == raise_at:
+                raise RuntimeError(f"injected crash at training forward {raise_at}")
+        return original(self, *args, **kwargs)
 
     ds_engine.DeepSpeedEngine.forward = forward
 
@@ -81,6 +121,10 @@ if __name__ == "__main__":
         inject_loss_faults(os.environ["TEST_LOSS_FAULTS"])
     if os.environ.get("TEST_RECORD_COLLECTIVES"):
         record_collectives(os.environ["TEST_RECORD_COLLECTIVES"])
+    if os.environ.get("TEST_KILL_IN_SAVE"):
+        kill_in_save()
+    if os.environ.get("TEST_STEP_SLEEP") or os.environ.get("TEST_RAISE_AT"):
+        slow_or_crash(float(os.environ.get("TEST_STEP_SLEEP", 0)), int(os.environ.get("TEST_RAISE_AT", 0)))
     from trainer.train import main
 
     sys.exit(main(sys.argv[1:]))

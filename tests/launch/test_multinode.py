@@ -1,16 +1,19 @@
 """The deepspeed multi-node launcher for real: sshd on 127.0.0.1 and 127.0.0.2 as two nodes, pdsh over ssh, one
-ZeRO-3 rank per node, started by the shipped launch/deepspeed_multinode.sh."""
+ZeRO-3 rank per node, started by the shipped launch/deepspeed_multinode.sh; secrets in its environment reach no log,
+file or MLflow record."""
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 import launch
-from tests.dist.helpers import client_and_run, free_port, history
+from tests.dist.helpers import MlflowServer, free_port, history
 from tests.launch.cluster import SshNodes
 
 pytestmark = pytest.mark.slow
@@ -31,26 +34,59 @@ tracking: {{experiment: test}}
     return cfg
 
 
-def launch(ssh_nodes, cfg, tmp_path, **popen):
+def launch(ssh_nodes, cfg, tmp_path, env=None, **popen):
     env = {**ssh_nodes.env, "HOSTS": ",".join(SshNodes.HOSTS), "SLOTS": "1", "MASTER_PORT": str(free_port()),
-           "LAUNCH_DIR": str(tmp_path / f"launch-{cfg.stem}"), "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu"}
+           "LAUNCH_DIR": str(tmp_path / f"launch-{cfg.stem}"), "PYTHON": sys.executable, "DS_ACCELERATOR": "cpu",
+           **(env or {})}
     return subprocess.Popen(["bash", SCRIPT, str(cfg)], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True, **popen)
 
 
-def test_two_nodes_train_zero3(assets, ssh_nodes, tmp_path):
-    p = launch(ssh_nodes, config(assets, tmp_path, "twonode", 4), tmp_path)
-    out, _ = p.communicate(timeout=900)
-    assert p.returncode == 0, out[-4000:]
+SECRETS = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY", "HF_TOKEN": "hf_QzXv81secret0token",
+           "MLFLOW_TRACKING_PASSWORD": "mlflow-pw-4242", "MY_API_TOKEN": "forwarded-secret-77"}
+URI_PASSWORD = "uri-pass-9191"
+
+
+def files_holding(root, values) -> list[str]:
+    return [f"{path}: {v}" for path in root.rglob("*") if path.is_file()
+            for v in values if v.encode() in path.read_bytes()]
+
+
+def test_two_nodes_train_zero3_and_no_secret_reaches_a_log_a_file_or_mlflow(assets, ssh_nodes, tmp_path):
+    from mlflow import MlflowClient
+
+    server = MlflowServer(tmp_path / "server")
+    (tmp_path / "server").mkdir()
+    server.start()
+    try:
+        cfg = config(assets, tmp_path, "twonode", 4)
+        cfg.write_text(cfg.read_text().replace("tracking: {experiment: test}", "tracking: {experiment: test, tags: "
+                                               f"{{source: 'https://bob:{URI_PASSWORD}@data.example/x'}}}}"))
+        env = {**SECRETS, "FORWARD_ENV": "MY_API_TOKEN",
+               "MLFLOW_TRACKING_URI": f"http://bob:{URI_PASSWORD}@127.0.0.1:{server.port}"}
+        p = launch(ssh_nodes, cfg, tmp_path, env=env)
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-4000:]
+        client = MlflowClient(server.uri)
+        [run] = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+        arts = client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts"))
+    finally:
+        server.stop()
     # pdsh prefixes each line with the node it came from: both nodes ran a rank of the same world
     assert re.search(r"^127\.0\.0\.1: \[odyssey\] rank 0/2 ", out, re.M), out[-4000:]
     assert re.search(r"^127\.0\.0\.2: \[odyssey\] rank 1/2 ", out, re.M), out[-4000:]
     assert "127.0.0.1: [odyssey] done: 4 steps" in out
-    client, runs = client_and_run(tmp_path / "twonode")
-    assert runs[0].info.status == "FINISHED" and runs[0].data.params["derived.world_size"] == "2"
-    assert sorted(history(client, runs[0].info.run_id, "eval/code/ppl")) == [0, 2, 4]
-    env_file = (tmp_path / "launch-twonode" / "deepspeed_env").read_text()
-    assert "DS_ACCELERATOR=cpu" in env_file and "PATH=" in env_file
+    assert run.info.status == "FINISHED" and run.data.params["derived.world_size"] == "2"
+    assert sorted(history(client, run.info.run_id, "eval/code/ppl")) == [0, 2, 4]
+
+    values = [*SECRETS.values(), URI_PASSWORD]
+    assert [v for v in values if v in out] == [], "stdout"
+    assert files_holding(tmp_path / "launch-twonode", values) == []  # launch.log
+    assert files_holding(tmp_path / "twonode", values) == []  # the run folder: config.yaml, journal, checkpoints
+    assert files_holding(Path(arts), values) == []
+    mlflow_text = json.dumps([run.data.params, run.data.tags])
+    assert [v for v in values if v in mlflow_text] == [] and "https://***@data.example/x" in mlflow_text
+    assert sorted(p.name for p in (tmp_path / "launch-twonode").iterdir()) == ["hostfile", "launch.log"]
 
 
 def test_a_killed_rank_fails_the_whole_launch(assets, ssh_nodes, tmp_path):

@@ -1,7 +1,8 @@
 """The shipped SLURM scripts, sbatch'ed as they are (options overridden on the sbatch command line, as a user does)
 on a real one-node SLURM: training with one task per rank and with the deepspeed launcher per node, preemption
-(USR1 → checkpoint → requeue → resume to the same losses), and a study as a job array plus the dependent
-aggregation. The node's CPUs stand in for GPUs: two ranks per job, gloo."""
+(USR1 → checkpoint → requeue, then TERM → checkpoint → SIGKILL after a grace time → scontrol requeue, resumed to
+the same losses), and a study as a job array plus the dependent aggregation. The node's CPUs stand in for GPUs: two
+ranks per job, gloo."""
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from tests.dist.helpers import client_and_run, history
 pytestmark = pytest.mark.slow
 SLURM_DIR = launch.script("slurm")
 CPU_TRAIN = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
+GRACE_S = 30  # between TERM and SIGKILL (a partition's GraceTime)
 
 
 def sbatch(slurm, cwd, *args, env=None):
@@ -86,18 +88,31 @@ def test_training_jobs_and_preemption_requeue_resume(assets, slurm, tmp_path):
     wait_for_line(task0, "[odyssey] step 4/16")
     subprocess.run(["scancel", "--signal=USR1", "--batch", preempted], env=slurm.env, check=True)
     t_signal = time.time()
+    # then preempted the way a scheduler does it: TERM to every process of the job, SIGKILL after a grace time,
+    # requeue (PreemptMode=REQUEUE does the last two itself)
+    wait_for_line(task0, "[odyssey] step 10/16")
+    subprocess.run(["scancel", "--signal=TERM", "--full", preempted], env=slurm.env, check=True)
+    deadline = time.time() + GRACE_S
+    while time.time() < deadline and jobs(slurm, preempted)[0]["JobState"] == "RUNNING":
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=KILL", "--full", preempted], env=slurm.env)  # too late: nothing left
+    (rec,) = wait_done(slurm, preempted)
+    assert rec["JobState"] == "COMPLETED", rec
+    subprocess.run(["scontrol", "requeue", preempted], env=slurm.env, check=True)
+    time.sleep(3)
     (rec,) = wait_done(slurm, preempted)
     wall = time.time() - t_signal
     (rec_straight,) = wait_done(slurm, straight)
     assert rec_straight["JobState"] == "COMPLETED", rec_straight
-    assert rec["JobState"] == "COMPLETED" and rec["Restarts"] == "1", rec
+    assert rec["JobState"] == "COMPLETED" and rec["Restarts"] == "2", rec
 
     batch_log = (tmp_path / "logs" / f"odyssey-train-{preempted}.out").read_text()
     assert "asking every rank to checkpoint" in batch_log and f"requeueing job {preempted}" in batch_log
-    assert "(restart 1)" in batch_log
+    assert "(restart 1)" in batch_log and "(restart 2)" in batch_log and "checkpoint saved after TERM" in batch_log
     log0 = task0.read_text()
     stopped = int(re.search(r"stopped at step (\d+) by SIGUSR1", log0).group(1))
-    assert 4 <= stopped < 16 and f"resumed from" in log0 and "done: 16 steps" in log0
+    terminated = int(re.search(r"stopped at step (\d+) by SIGTERM", log0).group(1))
+    assert 4 <= stopped < 10 <= terminated < 16 and log0.count("resumed from") == 2 and "done: 16 steps" in log0
     assert "resource_tracker" not in log0  # no helper process killed by the signal
     assert "rank 1/2" in (tmp_path / "logs" / f"odyssey-train-{preempted}-task1.out").read_text()
     ds_log = (tmp_path / "logs" / f"odyssey-train-ds-{straight}-task0.out").read_text()
@@ -112,7 +127,8 @@ def test_training_jobs_and_preemption_requeue_resume(assets, slurm, tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 17))
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
-    print(f"preemption: stopped at step {stopped}, completed {wall:.0f}s after USR1 (requeue delay included)")
+    print(f"preemption: USR1 stop at step {stopped}, TERM stop at {terminated}, completed {wall:.0f}s after USR1 "
+          f"(requeue delays included)")
 
 
 def test_study_job_array_with_dependent_aggregation(assets, slurm, tmp_path):

@@ -1,0 +1,87 @@
+"""Deaths on real 2-rank ZeRO-3 jobs: one rank SIGKILLed at a random step (three seeds, one after the other, each
+followed by --resume auto), then a rank SIGKILLed inside a save after the shards are written. The run ends with the
+losses of an uninterrupted run, a ledger without a duplicate or a hole, every metric point once in MLflow, and the
+partial checkpoint never picked."""
+import random
+import re
+import signal
+import subprocess
+
+import psutil
+import pytest
+
+from tests.dist.helpers import ROOT, client_and_run, run_wrapped, wrapped
+from tests.dist.test_production import ledger_by_step
+
+pytestmark = pytest.mark.slow
+STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def straight(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kills")
+    cfg = out / "train.yaml"
+    cfg.write_text(f"""
+model: {{path: {assets['model']}}}
+data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}], micro_batch: 2}}
+optim: {{lr: 3.0e-3, warmup_steps: 1}}
+run: {{out_dir: {out}, name: straight, max_steps: {STEPS}, seed: 3}}
+eval: {{interval: 8, max_samples: 8}}
+checkpoint: {{interval: 2, keep_last: 2}}
+tracking: {{experiment: test}}
+""")
+    run_wrapped(cfg)
+    return cfg, out
+
+
+def kill_one_rank_after(cfg, seed: int, *args) -> str:
+    """Start the job; once it logs a step 3-4 steps (by seed) past where it started (so a checkpoint was saved on
+    the way: checkpoint.interval 2), SIGKILL one rank (by seed). Returns the job's output."""
+    rng = random.Random(seed)
+    ahead, victim = rng.randint(3, 4), rng.randint(0, 1)
+    c, env = wrapped(cfg, "run.name=killed", *args)
+    p = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT)
+    start, lines = 0, []
+    for line in p.stdout:
+        lines.append(line)
+        if m := re.search(r"resumed from .* at step (\d+)", line):
+            start = int(m.group(1))
+        m = re.search(rf"step (\d+)/{STEPS} loss", line)
+        if m and int(m.group(1)) >= start + ahead:
+            ranks = [r for r in psutil.Process(p.pid).children(recursive=True)
+                     if f"--local_rank={victim}" in " ".join(r.cmdline())]
+            assert ranks, "".join(lines)[-3000:]
+            ranks[0].send_signal(signal.SIGKILL)
+            break
+    rest = p.communicate(timeout=300)[0]
+    assert p.returncode != 0, "".join(lines)[-3000:] + rest[-3000:]
+    return "".join(lines) + rest
+
+
+def test_ranks_killed_at_random_steps_and_inside_a_save_resume_to_the_same_run(straight):
+    cfg, out = straight
+    ckpts = out / "killed" / "checkpoints"
+    kill_one_rank_after(cfg, 0)
+    for seed in (1, 2):
+        text = kill_one_rank_after(cfg, seed, "--resume", "auto")
+        assert "resumed from" in text, text[-3000:]
+    before = (ckpts / "latest").read_text()
+    c, env = wrapped(cfg, "run.name=killed", "--resume", "auto", env={"TEST_KILL_IN_SAVE": "1"})
+    r = subprocess.run(c, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert r.returncode == -signal.SIGKILL, r.stdout[-3000:]
+    partial = [p.name for p in ckpts.glob("step_*") if not (p / "COMPLETE").exists()]
+    assert len(partial) == 1 and partial[0] > before, (partial, before)  # the shards are there, COMPLETE is not
+    assert (ckpts / "latest").read_text() == before
+    r = run_wrapped(cfg, "run.name=killed", "--resume", "auto")
+    assert f"resumed from {ckpts / before}" in r.stdout
+
+    client, [run] = client_and_run(out / "killed")
+    ref_client, [ref] = client_and_run(out / "straight")
+    for key in ("train/loss", "eval/prose/loss", "train/lr"):
+        points = client.get_metric_history(run.info.run_id, key)
+        steps = [m.step for m in points]
+        assert len(steps) == len(set(steps)), f"{key}: a step logged twice: {sorted(steps)}"
+        expected = {m.step: m.value for m in ref_client.get_metric_history(ref.info.run_id, key)}
+        assert {m.step: m.value for m in points} == pytest.approx(expected, abs=1e-6), key
+    assert run.info.status == "FINISHED"
+    assert ledger_by_step(out / "killed") == ledger_by_step(out / "straight")

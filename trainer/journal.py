@@ -1,0 +1,105 @@
+"""The tracking journal: every MLflow call of a run, written to the run folder before it is sent.
+
+    <run_dir>/mlflow/<name>.jsonl   one record per call (create, resume, params, metrics, tag, artifact, end), in order
+    <run_dir>/mlflow/<name>.sent    the seq of the last record the server took
+    <run_dir>/mlflow/runs.json      journal run keys → MLflow run ids ("pending-…" keys name runs not created yet)
+
+Records after `.sent` are replayed in order when the server is back: by the running job's writer, on the next start
+of the run, or by `odyssey sync RUN_DIR`. So an outage, or a crash between logging and sending, loses nothing.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class Journal:
+    def __init__(self, folder: Path, name: str):
+        self.folder = folder
+        self.path = folder / f"{name}.jsonl"
+        self.sent_path = folder / f"{name}.sent"
+        self.records = self._read()
+        self.seq = self.records[-1]["seq"] if self.records else 0
+        self._file = None
+
+    def _read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line torn by a crash mid-write: that call never returned
+        return out
+
+    def append(self, record: dict) -> dict:
+        """Give the record the next seq and write it (flushed, not fsynced: a step must not wait on the disk)."""
+        if self._file is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")
+        self.seq += 1
+        record = {"seq": self.seq, **record}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        return record
+
+    def sent(self) -> int:
+        try:
+            return int(self.sent_path.read_text())
+        except (OSError, ValueError):
+            return 0
+
+    def mark_sent(self, seq: int) -> None:
+        """Advance the mark (never back: `odyssey sync` may have sent further than a writer that is behind)."""
+        if seq <= self.sent():
+            return
+        tmp = self.sent_path.with_name(self.sent_path.name + ".tmp")
+        tmp.write_text(str(seq))
+        tmp.replace(self.sent_path)
+
+    def unsent(self) -> list[dict]:
+        done = self.sent()
+        return [r for r in self.records if r["seq"] > done]
+
+    def logged_after(self, run: str, step: int) -> set[tuple[str, int]]:
+        """(key, step) of the run's metrics past `step`: a resumed run replays those steps and must not log them
+        twice. `run` is a journal key or an MLflow id; records under any key of the same run count."""
+        with self._runs_locked() as runs:
+            real = runs.get(run, run)
+            same = {run, real} | {k for k, v in runs.items() if v == real}
+        return {(k, r["step"]) for r in self.records
+                if r["op"] == "metrics" and r["run"] in same and r["step"] > step for k in r["metrics"]}
+
+    def last_run(self) -> str | None:
+        runs = [r["run"] for r in self.records if r["op"] in ("create", "resume")]
+        return runs[-1] if runs else None
+
+    # --- run keys shared by every journal of the run folder (training, odyssey eval)
+    @contextmanager
+    def _runs_locked(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "runs.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            path = self.folder / "runs.json"
+            runs = json.loads(path.read_text()) if path.is_file() else {}
+            before = dict(runs)
+            yield runs
+            if runs != before:
+                tmp = path.with_name("runs.json.tmp")
+                tmp.write_text(json.dumps(runs, indent=1))
+                os.replace(tmp, path)
+
+    def run_id(self, key: str | None) -> str | None:
+        """The MLflow run id of a journal key (a real run id is its own key), or None while it is pending."""
+        if key is None or not key.startswith("pending-"):
+            return key
+        with self._runs_locked() as runs:
+            return runs.get(key)
+
+    def set_run_id(self, key: str, run_id: str) -> None:
+        with self._runs_locked() as runs:
+            runs[key] = run_id
