@@ -260,7 +260,7 @@ class Trainer:
         """A save that cannot finish between the stop signal and SIGKILL loses everything since the last one."""
         grace = self.cfg.checkpoint.grace_s
         if grace and save_s and save_s > 0.8 * grace:
-            log(self.rank, f"warning: a checkpoint takes {save_s:.0f}s, checkpoint.grace_s is {grace:.0f}s: a "
+            log(self.rank, f"warning: a checkpoint takes {save_s:.1f}s, checkpoint.grace_s is {grace:g}s: a "
                            f"preemption would kill the save; signal earlier (sbatch --signal=B:USR1@"
                            f"{int(2 * save_s) + 60}) or save more often (docs/TRAINING.md, Preemption)")
 

@@ -30,14 +30,15 @@ odyssey_srun_opts() {
 # time limit, or by `scancel --signal=USR1 --batch JOB`) every step of the job gets USR1: the trainer saves a
 # checkpoint at the next step boundary and exits 0. The job is then requeued, restarts this script from the top,
 # and the trainer's `--resume auto` continues from that checkpoint.
-# A TERM (preemption with PreemptMode=REQUEUE, scancel, a node going down) reaches the ranks from SLURM itself, and
-# SIGKILL follows after GraceTime (preemption) or KillWait (cancel). The ranks checkpoint at the next step boundary;
-# this script waits for them instead of dying, and leaves the requeue to SLURM (a preemption requeues, a cancel
-# means stop). A save must fit in that grace time: see docs/TRAINING.md, Preemption.
+# A TERM (preemption, scancel, a node going down) goes to every process of the job, srun included, and srun answers
+# it by sending SIGKILL to its tasks: the ranks cannot checkpoint, and the next start resumes from the last periodic
+# checkpoint. To checkpoint at preemption, have SLURM send the job's --signal instead (slurm.conf
+# PreemptParameters=send_user_signal, GraceTime longer than a save): that is the USR1 path above. This script traps
+# TERM so that it reports what happened and leaves the requeue to SLURM (a preemption requeues, a cancel is a stop).
 odyssey_run_preemptible() {
   local preempted=0 terminated=0 rc=0 pid
   trap 'preempted=1; echo "[slurm] $(date +%T) USR1: asking every rank to checkpoint"; scancel --signal=USR1 "$SLURM_JOB_ID"' USR1
-  trap 'terminated=1; echo "[slurm] $(date +%T) TERM: the ranks checkpoint before SIGKILL"' TERM
+  trap 'terminated=1; echo "[slurm] $(date +%T) TERM: srun ends the step; a restart resumes from the last checkpoint"' TERM
   "$@" &
   pid=$!
   while :; do
@@ -46,9 +47,9 @@ odyssey_run_preemptible() {
     kill -0 "$pid" 2>/dev/null || break  # wait returned for a trapped signal: the step still runs
   done
   trap - USR1 TERM
-  if (( terminated && rc == 0 )); then
-    echo "[slurm] $(date +%T) checkpoint saved after TERM; a preempted job is requeued by SLURM"
-    exit 0
+  if (( terminated )); then
+    echo "[slurm] $(date +%T) step ended by TERM (exit $rc); a preempted job is requeued by SLURM"
+    exit "$rc"
   fi
   if (( preempted && rc == 0 )); then
     echo "[slurm] $(date +%T) checkpoint saved; requeueing job $SLURM_JOB_ID"

@@ -168,6 +168,15 @@ def test_broken_checkpoints_are_refused(base):
                                    capture_output=True, text=True, timeout=300))
     assert "saved by 2 ranks, this run has 1" in err
 
+    d = broken_copy(out, "corrupt")  # same size, one byte flipped: only the checksum sees it (the ranks hash)
+    f = next((d / "checkpoints" / "step_00000008").glob("*zero_pp_rank_1_*optim_states.pt"))
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    err = one_error(subprocess.run(cmd(cfg, "run.name=corrupt", "run.max_steps=10", "--resume", "auto"),
+                                   capture_output=True, text=True, timeout=300))
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt does not match its checksum" in err
+
     d = broken_copy(out, "truncated")
     f = next((d / "checkpoints" / "step_00000008").glob("*zero_pp_rank_0_*model_states.pt"))
     f.write_bytes(f.read_bytes()[:-100])

@@ -1,7 +1,8 @@
 """Deaths on real 2-rank ZeRO-3 jobs: one rank SIGKILLed at a random step (three seeds, one after the other, each
-followed by --resume auto), then a rank SIGKILLed inside a save after the shards are written. The run ends with the
-losses of an uninterrupted run, a ledger without a duplicate or a hole, every metric point once in MLflow, and the
-partial checkpoint never picked."""
+followed by --resume auto), a preemption (SIGTERM to every rank, SIGKILL after a grace time), then the job SIGKILLed
+inside a save after the shards are written. The run ends with the losses of an uninterrupted run, a ledger without a
+duplicate or a hole, every metric point once in MLflow, and the partial checkpoint never picked."""
+import os
 import random
 import re
 import signal
@@ -14,7 +15,7 @@ from tests.dist.helpers import ROOT, client_and_run, run_wrapped, wrapped
 from tests.dist.test_production import ledger_by_step
 
 pytestmark = pytest.mark.slow
-STEPS = 16
+STEPS = 20
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ model: {{path: {assets['model']}}}
 data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}], micro_batch: 2}}
 optim: {{lr: 3.0e-3, warmup_steps: 1}}
 run: {{out_dir: {out}, name: straight, max_steps: {STEPS}, seed: 3}}
-eval: {{interval: 8, max_samples: 8}}
+eval: {{interval: 10, max_samples: 8}}
 checkpoint: {{interval: 2, keep_last: 2}}
 tracking: {{experiment: test}}
 """)
@@ -58,6 +59,31 @@ def kill_one_rank_after(cfg, seed: int, *args) -> str:
     return "".join(lines) + rest
 
 
+def terminate_then_kill(cfg, grace_s: float) -> str:
+    """What a scheduler does to a job it preempts: SIGTERM to every rank two steps after the start, then SIGKILL to
+    whatever is left after `grace_s`. Returns the job's output."""
+    c, env = wrapped(cfg, "run.name=killed", "--resume", "auto")
+    p = subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                         start_new_session=True)
+    start, lines = None, []
+    for line in p.stdout:
+        lines.append(line)
+        if m := re.search(r"resumed from .* at step (\d+)", line):
+            start = int(m.group(1))
+        m = re.search(rf"step (\d+)/{STEPS} loss", line)
+        if m and start is not None and int(m.group(1)) >= start + 2:
+            for r in psutil.Process(p.pid).children(recursive=True):
+                if "--local_rank=" in " ".join(r.cmdline()):
+                    r.send_signal(signal.SIGTERM)
+            break
+    try:
+        rest = p.communicate(timeout=grace_s)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        rest = p.communicate()[0]
+    return "".join(lines) + rest
+
+
 def test_ranks_killed_at_random_steps_and_inside_a_save_resume_to_the_same_run(straight):
     cfg, out = straight
     ckpts = out / "killed" / "checkpoints"
@@ -65,6 +91,9 @@ def test_ranks_killed_at_random_steps_and_inside_a_save_resume_to_the_same_run(s
     for seed in (1, 2):
         text = kill_one_rank_after(cfg, seed, "--resume", "auto")
         assert "resumed from" in text, text[-3000:]
+    text = terminate_then_kill(cfg, grace_s=30)
+    stopped = re.search(r"stopped at step (\d+) by SIGTERM: checkpoint saved", text)
+    assert stopped and (ckpts / "latest").read_text() == f"step_{int(stopped.group(1)):08d}", text[-3000:]
     before = (ckpts / "latest").read_text()
     c, env = wrapped(cfg, "run.name=killed", "--resume", "auto", env={"TEST_KILL_IN_SAVE": "1"})
     r = subprocess.run(c, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, start_new_session=True)
@@ -72,8 +101,9 @@ def test_ranks_killed_at_random_steps_and_inside_a_save_resume_to_the_same_run(s
     partial = [p.name for p in ckpts.glob("step_*") if not (p / "COMPLETE").exists()]
     assert len(partial) == 1 and partial[0] > before, (partial, before)  # the shards are there, COMPLETE is not
     assert (ckpts / "latest").read_text() == before
-    r = run_wrapped(cfg, "run.name=killed", "--resume", "auto")
+    r = run_wrapped(cfg, "run.name=killed", "--resume", "auto", "checkpoint.grace_s=0.01")  # saves take longer
     assert f"resumed from {ckpts / before}" in r.stdout
+    assert "warning: a checkpoint takes" in r.stdout and "checkpoint.grace_s is 0.01s" in r.stdout
 
     client, [run] = client_and_run(out / "killed")
     ref_client, [ref] = client_and_run(out / "straight")

@@ -1,7 +1,7 @@
 """The shipped SLURM scripts, sbatch'ed as they are (options overridden on the sbatch command line, as a user does)
 on a real one-node SLURM: training with one task per rank and with the deepspeed launcher per node, preemption
-(USR1 → checkpoint → requeue, then TERM → checkpoint → SIGKILL after a grace time → scontrol requeue, resumed to
-the same losses), and a study as a job array plus the dependent aggregation. The node's CPUs stand in for GPUs: two
+(USR1 → checkpoint → requeue, then TERM → SIGKILL after a grace time → scontrol requeue, each resumed to the
+same losses), and a study as a job array plus the dependent aggregation. The node's CPUs stand in for GPUs: two
 ranks per job, gloo."""
 import json
 import os
@@ -88,8 +88,9 @@ def test_training_jobs_and_preemption_requeue_resume(assets, slurm, tmp_path):
     wait_for_line(task0, "[odyssey] step 4/16")
     subprocess.run(["scancel", "--signal=USR1", "--batch", preempted], env=slurm.env, check=True)
     t_signal = time.time()
-    # then preempted the way a scheduler does it: TERM to every process of the job, SIGKILL after a grace time,
-    # requeue (PreemptMode=REQUEUE does the last two itself)
+    # then preempted the way a scheduler does it without a user signal: TERM to every process of the job (srun
+    # answers it with SIGKILL to the ranks), SIGKILL after a grace time, requeue (PreemptMode=REQUEUE does the last
+    # two itself); the restart resumes from the USR1 checkpoint and replays the lost steps
     wait_for_line(task0, "[odyssey] step 10/16")
     subprocess.run(["scancel", "--signal=TERM", "--full", preempted], env=slurm.env, check=True)
     deadline = time.time() + GRACE_S
@@ -97,7 +98,7 @@ def test_training_jobs_and_preemption_requeue_resume(assets, slurm, tmp_path):
         time.sleep(0.5)
     subprocess.run(["scancel", "--signal=KILL", "--full", preempted], env=slurm.env)  # too late: nothing left
     (rec,) = wait_done(slurm, preempted)
-    assert rec["JobState"] == "COMPLETED", rec
+    assert rec["JobState"] in ("FAILED", "COMPLETED"), rec
     subprocess.run(["scontrol", "requeue", preempted], env=slurm.env, check=True)
     time.sleep(3)
     (rec,) = wait_done(slurm, preempted)
@@ -108,11 +109,11 @@ def test_training_jobs_and_preemption_requeue_resume(assets, slurm, tmp_path):
 
     batch_log = (tmp_path / "logs" / f"odyssey-train-{preempted}.out").read_text()
     assert "asking every rank to checkpoint" in batch_log and f"requeueing job {preempted}" in batch_log
-    assert "(restart 1)" in batch_log and "(restart 2)" in batch_log and "checkpoint saved after TERM" in batch_log
+    assert "(restart 1)" in batch_log and "(restart 2)" in batch_log and "step ended by TERM" in batch_log
     log0 = task0.read_text()
     stopped = int(re.search(r"stopped at step (\d+) by SIGUSR1", log0).group(1))
-    terminated = int(re.search(r"stopped at step (\d+) by SIGTERM", log0).group(1))
-    assert 4 <= stopped < 10 <= terminated < 16 and log0.count("resumed from") == 2 and "done: 16 steps" in log0
+    resumes = re.findall(r"resumed from \S+ at step (\d+)", log0)
+    assert 4 <= stopped < 10 and len(resumes) == 2 and resumes[0] == str(stopped) and "done: 16 steps" in log0
     assert "resource_tracker" not in log0  # no helper process killed by the signal
     assert "rank 1/2" in (tmp_path / "logs" / f"odyssey-train-{preempted}-task1.out").read_text()
     ds_log = (tmp_path / "logs" / f"odyssey-train-ds-{straight}-task0.out").read_text()
@@ -127,8 +128,8 @@ def test_training_jobs_and_preemption_requeue_resume(assets, slurm, tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 17))
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
-    print(f"preemption: USR1 stop at step {stopped}, TERM stop at {terminated}, completed {wall:.0f}s after USR1 "
-          f"(requeue delays included)")
+    print(f"preemption: USR1 stop at step {stopped}, TERM at step 10 (steps after {stopped} replayed), completed "
+          f"{wall:.0f}s after USR1 (requeue delays included)")
 
 
 def test_study_job_array_with_dependent_aggregation(assets, slurm, tmp_path):

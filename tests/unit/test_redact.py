@@ -52,3 +52,13 @@ def test_params_mask_secret_keys_and_values_but_not_token_stats(monkeypatch):
     assert params["eval.token_stats"] == "True" and params["model.tokenizer"] == "/m"
     assert params["tracking.tags.api_key"] == MASK
     assert "pw9876" not in params["tracking.uri"] and "hf_zzzzzz999" not in params["tracking.tags.note"]
+
+
+def test_a_tracking_uri_with_credentials_is_used_without_them(tmp_path, monkeypatch):
+    from trainer.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    tracker = Tracker(tmp_path, "x", enabled=False, uri="https://alice:s3cr3t-pw@mlflow.example:443/")
+    assert tracker.uri == "https://mlflow.example:443/"  # what is printed and written into study child configs
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cr3t-pw"
