@@ -1,5 +1,5 @@
-"""Device discipline on 2 real ZeRO-3 ranks: every tensor that the loop, the eval and the stop check hand to a
-collective sits on the engine's device (NCCL takes device tensors only; gloo would take anything, so CPU runs alone
+"""Device discipline on 2 real ZeRO-3 ranks: every tensor that the loop, the eval, the stop check and the save hand
+to a collective sits on the engine's device (NCCL takes device tensors only; gloo would take anything, so CPU runs alone
 would never notice). Recorded by a wrapper over torch.distributed installed from the test's side."""
 import json
 
@@ -38,5 +38,7 @@ tracking: {{experiment: test}}
         # eval: per-domain sums, then per-token targets and losses of both domains, at steps 0, 2 and 3
         evals = [rec for rec in seen["records"] if rec["site"] == "evaluate.py:evaluate"]
         assert len(evals) == 3 * (1 + 2 * 2)
-        assert set(sites) == {"step_stats.py:agree", "evaluate.py:evaluate"}, sites
+        # a save: all ranks agree whether the disk has room, at steps 2 and 3
+        assert len([rec for rec in seen["records"] if rec["site"] == "checkpoint.py:check_room"]) == 2
+        assert set(sites) == {"step_stats.py:agree", "evaluate.py:evaluate", "checkpoint.py:check_room"}, sites
         assert all(devices == {device} for devices in sites.values()), (device, sites)
