@@ -11,9 +11,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 SECRET_WORDS = {"KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "APIKEY"}
 MIN_SECRET_LEN = 4  # shorter values ("1", "yes") would blank out ordinary text
@@ -58,7 +59,7 @@ def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
         return uri, None, None
     userinfo, host = parts.netloc.rsplit("@", 1)
     user, _, password = userinfo.partition(":")
-    return urlunsplit(parts._replace(netloc=host)), user or None, password or None
+    return urlunsplit(parts._replace(netloc=host)), unquote(user) or None, unquote(password) or None
 
 
 def write_env_file(path: Path, environ: dict[str, str] | None = None) -> str:
@@ -97,6 +98,8 @@ def main() -> int:
         print(write_env_file(Path(sys.argv[2])))
         return 0
     load_env_file(os.environ.get("ODYSSEY_SECRETS_FILE"))  # a launcher unset them here and kept them in that file
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launch it filters decides when to stop; the filter reads on
+    sys.stdin.reconfigure(errors="replace")
     secrets = secret_values()
     for line in sys.stdin:
         sys.stdout.write(_mask(line, secrets))

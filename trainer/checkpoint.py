@@ -139,6 +139,10 @@ def _free_bytes(root: Path) -> int:
     return shutil.disk_usage(root if root.is_dir() else root.parent).free
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def check_room(root: Path, step: int, rank: int, world: int, device) -> None:
     """Before a save, every rank agrees whether the disk can hold another checkpoint the size of the last one (the
     common full-disk case ends cleanly on every rank, before anything is written)."""
@@ -149,9 +153,9 @@ def check_room(root: Path, step: int, rank: int, world: int, device) -> None:
     if world > 1 and dist.is_initialized():
         dist.all_reduce(short, op=dist.ReduceOp.MAX)
     if short.item():
-        raise CheckpointError(f"no room to save step {step} in {root}: {free / 2**30:.2f} GiB free, the last "
-                              f"checkpoint ({last}) took {need / 2**30:.2f} GiB; free space (checkpoint.keep_last) "
-                              f"and --resume auto from {last or 'it'}")
+        raise CheckpointError(f"no room to save step {step} in {root}: {_size(free)} free, the last checkpoint "
+                              f"({last}) took {_size(need)}; free space (checkpoint.keep_last) and --resume auto "
+                              f"from {last or 'it'}")
 
 
 def save(engine, root: Path, step: int, client_state: dict, rank: int, world: int) -> tuple[Path, float]:
@@ -184,10 +188,11 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, world: in
             write_durable(root / LATEST, tag)
     except (OSError, RuntimeError) as err:
         shutil.rmtree(folder, ignore_errors=True)
-        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err).strip().splitlines()[-1][:200]
-        raise CheckpointError(f"rank {rank}: saving {folder} failed ({why}; {_free_bytes(root) / 2**20:.1f} MiB left "
-                              f"there); the partial folder was removed, the previous checkpoint is intact "
-                              f"(--resume auto)", rank_local=True) from None
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        why = err.strerror if isinstance(err, OSError) and err.strerror else lines[-1][:200]
+        raise CheckpointError(f"rank {rank}: saving {folder} failed ({why}; {_size(_free_bytes(root))} left there); "
+                              f"the partial folder was removed, the previous checkpoint is intact (--resume auto)",
+                              rank_local=True) from None
     _barrier()
     return folder, time.time() - t0
 

@@ -197,8 +197,12 @@ class Tracker:
                 log(0, f"MLflow at {self.uri} reachable again after {time.time() - self._down_since:.0f}s; "
                        f"replaying the journal")
                 self._down_since = None
-            self.journal.mark_sent(record["seq"])
-            self._queue.task_done()
+            try:
+                self.journal.mark_sent(record["seq"])
+            except OSError as err:  # the record is sent; a later mark or `odyssey sync` moves past it
+                log(0, f"could not mark MLflow call #{record['seq']} sent ({err.strerror})")
+            finally:
+                self._queue.task_done()
 
     def _send(self, record: dict) -> bool:
         """One journal record to MLflow: True when done (or refused for good), False to retry later."""

@@ -301,7 +301,6 @@ class Trainer:
         and the FINISHED mark a study waits for."""
         step, state = self.state.step, self.state
         self.ledger.flush()
-        self.tracker.flush()
         if step != last_save and (step < self.max_steps or self.cfg.checkpoint.save_final):
             self.save(step)
         self.validator.curves(state)
