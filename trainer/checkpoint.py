@@ -174,10 +174,11 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, world: in
         if rank == 0:
             (folder / CLIENT_STATE).write_text(json.dumps(client_state))
         _barrier()  # every rank's files are there: each seals the ones it wrote
-        sealed = _gather(_seal(folder, [n for n in _files(folder) if _owner(n) % world == rank]), world)
+        names = _files(folder)
+        sealed = _gather(_seal(folder, [n for n in names if _owner(n) % world == rank]), world)
         if rank == 0:
             files = {k: v for part in sealed for k, v in part.items()}
-            files.update(_seal(folder, [n for n in _files(folder) if n not in files]))
+            files.update(_seal(folder, [n for n in names if n not in files]))
             for sub in {folder / n for n in files if "/" in n}:
                 fsync(sub.parent)
             fsync(folder)

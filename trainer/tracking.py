@@ -227,8 +227,9 @@ class Tracker:
         return run_id
 
     def _create(self, record: dict) -> str:
-        if record["run"] and self.journal.run_id(record["run"]):
-            return self.journal.run_id(record["run"])  # created before a crash that came before its .sent mark
+        known = self.journal.run_id(record["run"]) if record["run"] else None
+        if known:
+            return known  # created before a crash that came before its .sent mark
         client = self.client
         exp = client.get_experiment_by_name(record["experiment"])
         if exp is None:
