@@ -2,7 +2,8 @@
 
 A secret is the value of an environment variable whose name has a word KEY, SECRET, TOKEN, PASSWORD (or PASSWD,
 CREDENTIAL[S]) in it (`AWS_SECRET_ACCESS_KEY`, `HF_TOKEN`, `MLFLOW_TRACKING_PASSWORD`; not `TOKENIZERS_PARALLELISM`),
-and the userinfo part of any URI (`https://user:pass@host`). `redact` replaces them by value wherever they appear.
+and the userinfo part of any URI (`https://user:pass@host`), also once it moved into MLFLOW_TRACKING_USERNAME/PASSWORD.
+`redact` replaces them by value wherever they appear.
 It lives in the lowest package so that every layer (and the launch scripts, via `python -m data_prep.redact`) uses it.
 """
 from __future__ import annotations
@@ -33,10 +34,30 @@ def is_secret_key(key: str) -> bool:
     return words[-1] in SECRET_WORDS
 
 
+def has_userinfo(value: str) -> bool:
+    return bool(_USERINFO.search(value))
+
+
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    """Every secret value of the environment: named ones, the user and password of a URI in any variable (a token is
+    often the user part), and the tracking user a URI's credentials were moved to."""
     env = os.environ if environ is None else environ
-    values = {v for k, v in env.items() if is_secret_name(k) and len(v) >= MIN_SECRET_LEN}
-    return sorted(values, key=len, reverse=True)  # longest first: a value containing another is masked whole
+    values = {v for k, v in env.items() if is_secret_name(k) or k == "MLFLOW_TRACKING_USERNAME"}
+    for v in env.values():
+        for m in _USERINFO.finditer(v):
+            values.update(unquote(part) for part in m["userinfo"].split(":", 1))
+    return sorted((v for v in values if len(v) >= MIN_SECRET_LEN), key=len, reverse=True)  # longest first
+
+
+def redact_tree(tree):
+    """A config tree (dicts, lists, scalars) with secret keys masked and secret values redacted, for writing as YAML
+    (masking after the dump could leave `***`, which YAML reads as an alias)."""
+    secrets = secret_values()
+    if isinstance(tree, dict):
+        return {k: MASK if is_secret_key(str(k)) and v else redact_tree(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [redact_tree(v) for v in tree]
+    return _mask(tree, secrets) if isinstance(tree, str) else tree
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:
@@ -67,15 +88,14 @@ def write_env_file(path: Path, environ: dict[str, str] | None = None) -> str:
     (`load_env_file`), so a launcher never puts them on a command line or into its log. Returns shell lines that
     unset them (and put a tracking URI's credentials into the file too) for the launcher's own environment."""
     env = dict(os.environ if environ is None else environ)
-    secret = {k: v for k, v in env.items() if is_secret_name(k)}
+    secret = {k: v for k, v in env.items() if is_secret_name(k) or has_userinfo(v)}  # a proxy URL with a password too
     lines = []
-    uri = env.get("MLFLOW_TRACKING_URI")
-    if uri:
+    uri = secret.pop("MLFLOW_TRACKING_URI", None)
+    if uri:  # the ranks use the URI without its credentials, and MLflow's own variables for them
         clean, user, password = split_userinfo(uri)
-        if clean != uri:
-            secret.update({k: v for k, v in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD",
-                                                                                  password)) if v})
-            lines.append(f"export MLFLOW_TRACKING_URI={shlex.quote(clean)}")
+        secret.update({k: v for k, v in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD",
+                                                                              password)) if v})
+        lines.append(f"export MLFLOW_TRACKING_URI={shlex.quote(clean)}")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(secret, f)
@@ -86,9 +106,16 @@ def write_env_file(path: Path, environ: dict[str, str] | None = None) -> str:
 
 def load_env_file(path: str | None) -> None:
     """The secrets `write_env_file` kept for this job, into this rank's environment (set values win)."""
-    if path:
-        for k, v in json.loads(Path(path).read_text()).items():
-            os.environ.setdefault(k, v)
+    if not path:
+        return
+    try:
+        saved = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        print(f"odyssey: error: the launch's secrets file {path} cannot be read ({getattr(err, 'strerror', None) or err})"
+              f"; is the run folder on a filesystem every node shares?", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    for k, v in saved.items():
+        os.environ.setdefault(k, v)
 
 
 def main() -> int:

@@ -53,7 +53,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     elif args.dry_run:
         return dry_run(args)
     elif args.setup:
-        runs.setup_study(args.study)
+        runs.setup_study(args.study)[1].drain()  # the parent run stays open for the array and the aggregation
     elif args.config_for is not None:
         print(runs.domain_config(args.study, args.config_for))
     elif args.aggregate:

@@ -136,6 +136,7 @@ def run(path: str | Path, study: TaskStudyCfg, part: str | None = None, which: s
         return run_config_for(study.out, study.run_keys, which, path)
     tracker, paths = setup(path, study)
     if part == "setup":
+        tracker.drain()  # the parent run stays open for the runs and the aggregation; what setup logged is sent
         return None
     if part is None:
         train_each(study.out, study.run_keys, study.nproc, tracker)

@@ -6,6 +6,7 @@
     checkpoints/<tag>/COMPLETE            written by rank 0 last, once every rank fsynced and hashed its own files:
                                           step, world size, save time and {file: [bytes, xxh64]}
     checkpoints/latest                    the newest complete tag, replaced atomically after COMPLETE
+    checkpoints/set_aside/<tag>-<time>/   checkpoints newer than <tag>, moved there by a resume from <tag>
 
 A folder without COMPLETE is an interrupted or failed save and is never loaded. A save that fails (a full disk, any
 error) removes its folder and raises one line; the previous checkpoint and `latest` are untouched.
@@ -71,11 +72,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(_text_tensor(state["torch"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(_text_tensor(state["cuda"]))
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def fsync(path: Path) -> None:
@@ -146,9 +142,12 @@ def _size(n: int) -> str:
 def check_room(root: Path, step: int, rank: int, world: int, device) -> None:
     """Before a save, every rank agrees whether the disk can hold another checkpoint the size of the last one (the
     common full-disk case ends cleanly on every rank, before anything is written)."""
-    last = resolve(root, "auto") if root.is_dir() else ""
-    need = sum(size for size, _ in json.loads((root / last / COMPLETE).read_text())["files"].values()) if last else 0
-    free = _free_bytes(root)
+    try:
+        last = resolve(root, "auto") if root.is_dir() else ""
+        need = sum(size for size, _ in json.loads((root / last / COMPLETE).read_text())["files"].values()) if last else 0
+        free = _free_bytes(root)
+    except (OSError, ValueError, KeyError):  # unmeasurable here: the save itself will say what is wrong
+        last, need, free = "", 0, 1
     short = torch.tensor([float(need > free)], device=device)
     if world > 1 and dist.is_initialized():
         dist.all_reduce(short, op=dist.ReduceOp.MAX)
@@ -158,43 +157,110 @@ def check_room(root: Path, step: int, rank: int, world: int, device) -> None:
                               f"from {last or 'it'}")
 
 
+def _reason(err: BaseException) -> str:
+    """A failed write or call as one short reason."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if "inline_container" in lines[-1]:  # torch.save's zip writer on a full disk (docs/PITFALLS.md)
+        return f"a write failed, the disk is probably full (torch.save: {lines[-1].split('] ')[-1][:120]})"
+    return lines[-1][:200]
+
+
+def _attempt(fn, *args, **kwargs) -> tuple[object, str | None]:
+    """Run one part of a save: (its result, None), or (None, its failure as one short reason)."""
+    try:
+        return fn(*args, **kwargs), None
+    except (OSError, RuntimeError) as err:
+        return None, _reason(err)
+
+
+def _agree(problem: str | None, rank: int, world: int) -> str | None:
+    """Every rank learns the first failure of any rank ("rank R: why"), so that all of them stop together instead of
+    the others waiting in the next collective until the launcher kills them."""
+    problems = _gather(f"rank {rank}: {problem}" if problem else None, world)
+    return next((p for p in problems if p), None)
+
+
+def _fresh_folder(folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)  # a failed or killed save of this step (never COMPLETE)
+    folder.mkdir(parents=True)
+
+
+def _write_own_state(folder: Path, rank: int, client_state: dict) -> None:
+    (folder / f"rng_rank{rank}.json").write_text(json.dumps(_rng_state()))
+    if rank == 0:
+        (folder / CLIENT_STATE).write_text(json.dumps(client_state))
+
+
+def _write_complete(root: Path, folder: Path, sealed: list[dict], marker: dict) -> None:
+    """Rank 0, once every rank sealed its files: seal the shared ones and the folders, then COMPLETE, then latest."""
+    files = {k: v for part in sealed for k, v in part.items()}
+    files.update(_seal(folder, [n for n in _files(folder) if n not in files]))
+    for sub in {folder / n for n in files if "/" in n}:
+        fsync(sub.parent)
+    fsync(folder)
+    write_durable(folder / COMPLETE, json.dumps({**marker, "files": files}) + "\n")
+    write_durable(root / LATEST, folder.name)
+
+
+def _deepspeed_save(engine, folder: Path, rank: int, world: int) -> str | None:
+    """DeepSpeed's sharded save on this rank. A write that fails is noted rather than raised inside DeepSpeed, whose
+    save goes on through its own collectives (ZeRO-3 gathers parameters after the writes, then a barrier), so a rank
+    with a full disk still meets the others there; the ranks agree after it. Returns the first failed write."""
+    writer, failed = engine.checkpoint_engine, []
+    write, own = writer.save, "save" in vars(writer)
+
+    def save_or_note(state_dict, path):
+        if not failed:  # after a failure this rank's save is lost anyway: write nothing more
+            try:
+                write(state_dict, path)
+            except (OSError, RuntimeError) as err:
+                failed.append(_reason(err))
+
+    writer.save = save_or_note  # the engine's pluggable writer, for this save only
+    try:
+        engine.save_checkpoint(str(folder.parent), tag=folder.name, client_state={}, save_latest=False)
+    except (OSError, RuntimeError) as err:  # outside the writes (say the copy of zero_to_fp32.py)
+        if world == 1:
+            return _reason(err)
+        # the other ranks may wait in one of DeepSpeed's collectives: this rank says why, the launcher ends the rest
+        raise CheckpointError(f"rank {rank}: saving {folder} failed ({_reason(err)}); the previous checkpoint is "
+                              f"intact (--resume auto)", rank_local=True) from None
+    finally:
+        if own:
+            writer.save = write
+        else:
+            del writer.save
+    return failed[0] if failed else None
+
+
 def save(engine, root: Path, step: int, client_state: dict, rank: int, world: int) -> tuple[Path, float]:
     """Every rank writes its shards, then fsyncs and hashes its own files; rank 0 writes COMPLETE with all of them,
-    then `latest`. Returns the folder and the seconds the save took."""
+    then `latest`. The ranks agree after each part, so a failure on any rank (a full disk, any error) ends the save
+    on all of them with the same line. Returns the folder and the seconds the save took."""
     t0 = time.time()
-    tag = tag_for(step)
-    folder = root / tag
+    folder = root / tag_for(step)
     check_room(root, step, rank, world, engine.device)
-    if rank == 0 and folder.exists():
-        shutil.rmtree(folder)  # a failed or killed save of this step (never COMPLETE)
-    _barrier()
-    try:
-        engine.save_checkpoint(str(root), tag=tag, client_state={}, save_latest=False)
-        (folder / f"rng_rank{rank}.json").write_text(json.dumps(_rng_state()))
+    problem = _agree(_attempt(_fresh_folder, folder)[1] if rank == 0 else None, rank, world)
+    if not problem:
+        local = _deepspeed_save(engine, folder, rank, world) or _attempt(_write_own_state, folder, rank, client_state)[1]
+        problem = _agree(local, rank, world)
+    if not problem:  # every rank's files are there: each seals the ones it wrote
+        sealed, local = _attempt(_seal, folder, [n for n in _files(folder) if _owner(n) % world == rank])
+        parts = _gather((sealed, f"rank {rank}: {local}" if local else None), world)
+        problem = next((p for _, p in parts if p), None)
+    if not problem:
+        marker = {"step": step, "world_size": world, "time": time.time(), "save_s": round(time.time() - t0, 3),
+                  "tokens_seen": client_state.get("tokens_seen"), "mlflow_run_id": client_state.get("mlflow_run_id")}
+        local = _attempt(_write_complete, root, folder, [s for s, _ in parts], marker)[1] if rank == 0 else None
+        problem = _agree(local, rank, world)
+    if problem:
         if rank == 0:
-            (folder / CLIENT_STATE).write_text(json.dumps(client_state))
-        _barrier()  # every rank's files are there: each seals the ones it wrote
-        names = _files(folder)
-        sealed = _gather(_seal(folder, [n for n in names if _owner(n) % world == rank]), world)
-        if rank == 0:
-            files = {k: v for part in sealed for k, v in part.items()}
-            files.update(_seal(folder, [n for n in names if n not in files]))
-            for sub in {folder / n for n in files if "/" in n}:
-                fsync(sub.parent)
-            fsync(folder)
-            marker = {"step": step, "world_size": world, "time": time.time(), "save_s": round(time.time() - t0, 3),
-                      "tokens_seen": client_state.get("tokens_seen"),
-                      "mlflow_run_id": client_state.get("mlflow_run_id"), "files": files}
-            write_durable(folder / COMPLETE, json.dumps(marker) + "\n")
-            write_durable(root / LATEST, tag)
-    except (OSError, RuntimeError) as err:
-        shutil.rmtree(folder, ignore_errors=True)
-        lines = str(err).strip().splitlines() or [type(err).__name__]
-        why = err.strerror if isinstance(err, OSError) and err.strerror else lines[-1][:200]
-        raise CheckpointError(f"rank {rank}: saving {folder} failed ({why}; {_size(_free_bytes(root))} left there); "
-                              f"the partial folder was removed, the previous checkpoint is intact (--resume auto)",
-                              rank_local=True) from None
-    _barrier()
+            shutil.rmtree(folder, ignore_errors=True)
+        raise CheckpointError(f"saving {folder} failed on {problem} ({_size(_free_bytes(root))} left there); "
+                              f"the partial folder was removed, the previous checkpoint is intact (--resume auto)")
     return folder, time.time() - t0
 
 
@@ -213,6 +279,42 @@ def prune(root: Path, keep_last: int | None, keep_every: int | None) -> list[str
     for s in doomed:
         shutil.rmtree(root / tag_for(s), ignore_errors=True)
     return [tag_for(s) for s in doomed]
+
+
+def set_aside_newer(root: Path, tag: str) -> Path | None:
+    """Resuming from a checkpoint older than the newest complete one (an explicit tag) abandons the steps after
+    it: the newer folders move to `set_aside/<tag>-<time>/`, so that neither `--resume auto` nor this attempt's own
+    saves of those steps mix them with the new ones. Returns that folder, or None when nothing was newer."""
+    newer = [p for p in root.glob("step_*") if p.is_dir() and p.name > tag]
+    if not any((p / COMPLETE).is_file() for p in newer):
+        return None
+    dest = root / "set_aside" / f"{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir(parents=True)
+    for p in sorted(newer):
+        p.rename(dest / p.name)
+    fsync(dest)
+    write_durable(root / LATEST, tag)
+    return dest
+
+
+def check_shared(run_dir: Path, rank: int, world: int, device) -> None:
+    """Every rank must see the run folder rank 0 writes (checkpoint shards, COMPLETE): a folder local to each node
+    would leave checkpoints that no node holds whole. Rank 0 leaves a file there, the others look for it."""
+    if world == 1 or not dist.is_initialized():
+        return
+    token = torch.tensor([time.time_ns() if rank == 0 else 0], dtype=torch.int64, device=device)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / f".shared-{int(token.item())}").write_text("")
+    dist.broadcast(token, src=0)
+    probe = run_dir / f".shared-{int(token.item())}"
+    missing = torch.tensor([float(rank if not probe.is_file() else 0)], device=device)
+    dist.all_reduce(missing, op=dist.ReduceOp.MAX)
+    if rank == 0:
+        probe.unlink(missing_ok=True)
+    if missing.item():
+        raise CheckpointError(f"run.out_dir {run_dir.parent} is not shared: rank {int(missing.item())} cannot see "
+                              f"the files rank 0 writes there; put it on a filesystem every node mounts")
 
 
 def check_fresh_start(root: Path) -> None:
@@ -256,19 +358,23 @@ def resolve(root: Path, which: str) -> str:
 
 def _file_problem(folder: Path, name: str, size: int, xxh: str, fast: bool) -> str | None:
     path = folder / name
-    if not path.is_file():
-        return f"missing {name} (a rank's shard was lost)"
-    if path.stat().st_size != size:
-        return f"{name} is {path.stat().st_size} bytes, {size} when saved (truncated)"
-    if not fast and digest(path) != xxh:
-        return f"{name} does not match its checksum (xxh64 {xxh} when saved): the file is corrupt"
+    try:
+        if not path.is_file():
+            return f"missing {name} (a rank's shard was lost)"
+        if path.stat().st_size != size:
+            return f"{name} is {path.stat().st_size} bytes, {size} when saved (truncated)"
+        if not fast and digest(path) != xxh:
+            return f"{name} does not match its checksum (xxh64 {xxh} when saved): the file is corrupt"
+    except OSError as err:
+        return f"{name} cannot be read ({err.strerror or err})"
     return None
 
 
-def verify(root: Path, tag: str, world: int | None = None, fast: bool = False, rank: int = 0) -> dict:
+def verify(root: Path, tag: str, world: int | None = None, fast: bool = False, rank: int = 0,
+           share: int | None = None) -> dict:
     """Before loading: the marker parses, the world size matches (when given), and every file the save wrote is
-    there with its size and, unless `fast`, its xxh64. Under a launcher the ranks split the hashing and agree.
-    Returns the marker."""
+    there with its size and, unless `fast`, its xxh64. Under a launcher the `share` ranks (default: `world`) split
+    the hashing and agree. Returns the marker."""
     folder = root / tag
     try:
         marker = json.loads((folder / COMPLETE).read_text())
@@ -280,7 +386,7 @@ def verify(root: Path, tag: str, world: int | None = None, fast: bool = False, r
     if CLIENT_STATE not in marker.get("files", {}):
         raise CheckpointError(f"{folder}: saved by an older Odyssey (no {CLIENT_STATE}); export it and start a new "
                               f"run from the export")
-    share = world if world and dist.is_initialized() else 1
+    share = (share or world or 1) if dist.is_initialized() else 1
     names = sorted(marker["files"])[rank::share]
     problems = [p for n in names if (p := _file_problem(folder, n, *marker["files"][n], fast))]
     problems = [p for part in _gather(problems, share) for p in part]

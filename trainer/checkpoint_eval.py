@@ -4,8 +4,9 @@ DIR is a run's `checkpoints/` folder (DeepSpeed ZeRO checkpoints, consolidated i
 `zero_to_fp32`) or a folder of HF-format checkpoints (subfolders with config.json). Each checkpoint is scored on the
 run's eval domains with the same code as in training, single-process or as plain data parallel across the ranks a
 launcher starts (each rank holds the whole model, so this is for models that fit one device; larger ones evaluate
-inside the training job). Metrics go into the training run (its MLflow run id, at the checkpoint's step) or a new run,
-including token statistics against the run's cached step-0 baseline (computed and cached here if missing).
+inside the training job). Metrics go into the training run (its MLflow run id, at the checkpoint's step; its status
+stays the training job's) or a new run (ended here), including token statistics against the run's cached step-0
+baseline (computed and cached here if missing).
 """
 from __future__ import annotations
 
@@ -42,6 +43,30 @@ def list_checkpoints(folder: Path) -> list[tuple[int, str, str]]:
             digits = "".join(c for c in p.name if c.isdigit())
             found.append((int(digits) if digits else 0, p.name, "hf"))
     return sorted(found)
+
+
+def listing(folder: Path, done: set[str], world: int) -> tuple[list, list]:
+    """(checkpoints to score now, every complete one) as rank 0 sees them: every rank scores the same ones in the
+    same order (the scoring is collective) and stops watching together, while the training job saves and prunes."""
+    everything = list_checkpoints(folder)
+    shared = [([c for c in everything if c[1] not in done], everything)]
+    if world > 1:
+        torch.distributed.broadcast_object_list(shared, src=0)
+    return shared[0]
+
+
+def unless_pruned(folder: Path, name: str, rank: int, done: set[str], read):
+    """`read()` of a checkpoint; None when the training job removed it (checkpoint.keep_last) before its turn came,
+    which skips it rather than ending the watch."""
+    try:
+        return read()
+    except (CheckpointError, OSError):
+        if (folder / name).exists():
+            raise
+    done.add(name)
+    if rank == 0:
+        print(f"[odyssey] {name} was removed (checkpoint.keep_last) before it was scored; skipped", flush=True)
+    return None
 
 
 def load_checkpoint_model(folder: Path, name: str, kind: str, model_cfg):
@@ -81,31 +106,41 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     done = set(json.loads(done_path.read_text())) if done_path.is_file() and not new_run else set()
     state = RunState()  # baseline and history across the checkpoints; step and tokens_seen per checkpoint
     scored: list[int] = []
-    while True:
-        for step, name, kind in [c for c in list_checkpoints(folder) if c[1] not in done]:
-            marker = checkpoint.verify(folder, name, fast=fast) if kind == "deepspeed" else {}
-            if tracker.enabled and tracker.run_key is None:
-                tracker.start(f"{cfg.run.name}-eval" if new_run else cfg.tracking.run_name or cfg.run.name,
-                              None if new_run else marker.get("mlflow_run_id"))
-            if state.baseline is None:
-                score_baseline(validator, state, cfg, device, list(domains), new_run)
-            t0 = time.time()
-            model = load_checkpoint_model(folder, name, kind, cfg.model).to(device, DTYPES[cfg.model.dtype]).eval()
-            state.step, state.tokens_seen = step, marker.get("tokens_seen")
-            validator.run(model, state)
-            scored.append(step)
-            done.add(name)
-            if rank == 0:
-                done_path.write_text(json.dumps(sorted(done)))
-                print(f"[odyssey] evaluated {name} (step {step}) in {time.time() - t0:.1f}s", flush=True)
-        everything = list_checkpoints(folder)
-        finished = until_step is not None and any(s >= until_step for s, _, _ in everything) and \
-            all(c[1] in done for c in everything)
-        if not watch or finished:
-            break
-        time.sleep(poll)
-    validator.curves(state, "degradation_eval.png")
-    tracker.flush()
+    try:
+        while True:
+            todo, everything = listing(folder, done, world)
+            for step, name, kind in todo:
+                marker = unless_pruned(folder, name, rank, done, lambda: checkpoint.verify(  # the ranks share it
+                    folder, name, fast=fast, rank=rank, share=world) if kind == "deepspeed" else {})
+                if marker is None:
+                    continue
+                if tracker.enabled and tracker.run_key is None:
+                    tracker.start(f"{cfg.run.name}-eval" if new_run else cfg.tracking.run_name or cfg.run.name,
+                                  None if new_run else marker.get("mlflow_run_id"), reopen=False)
+                if state.baseline is None:
+                    score_baseline(validator, state, cfg, device, list(domains), new_run)
+                t0 = time.time()
+                model = unless_pruned(folder, name, rank, done, lambda: load_checkpoint_model(folder, name, kind,
+                                                                                              cfg.model))
+                if model is None:
+                    continue
+                state.step, state.tokens_seen = step, marker.get("tokens_seen")
+                validator.run(model.to(device, DTYPES[cfg.model.dtype]).eval(), state)
+                scored.append(step)
+                done.add(name)
+                if rank == 0:
+                    done_path.write_text(json.dumps(sorted(done)))
+                    print(f"[odyssey] evaluated {name} (step {step}) in {time.time() - t0:.1f}s", flush=True)
+            finished = until_step is not None and any(s >= until_step for s, _, _ in everything) and \
+                all(c[1] in done for c in everything)
+            if not watch or finished:
+                break
+            time.sleep(poll)
+        validator.curves(state, "degradation_eval.png")
+    except BaseException as err:
+        tracker.close(cfg.tracking.wait_s, err)
+        raise
+    tracker.close(cfg.tracking.wait_s)
     return scored
 
 

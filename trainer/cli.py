@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
                        description="Replay the MLflow calls a run could not send (server unreachable, job ended): "
                                    "<run_dir>/mlflow/*.jsonl past their .sent marks, in order.")
     y.add_argument("run_dir")
-    y.add_argument("--uri", help="tracking URI (default: MLFLOW_TRACKING_URI, else the run's embedded store)")
+    y.add_argument("--uri", help="tracking URI (default: the run's tracking.uri, else MLFLOW_TRACKING_URI, else the "
+                                 "run's embedded store)")
     y.set_defaults(func=cmd_sync)
 
 
@@ -199,9 +200,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "mlflow").is_dir():
         raise TrackingError(f"{run_dir}: no tracking journal (mlflow/*.jsonl); not an Odyssey run folder")
-    sent, left = sync(run_dir, args.uri)
+    uri, sent, left = sync(run_dir, args.uri)
     if left:
-        raise TrackingError(f"sent {sent} call(s); MLflow became unreachable with {left} left in {run_dir / 'mlflow'}; "
-                            f"run odyssey sync again")
-    print(f"sent {sent} call(s) from {run_dir / 'mlflow'}; nothing left")
+        raise TrackingError(f"sent {sent} call(s) to {uri}; it became unreachable with {left} left in "
+                            f"{run_dir / 'mlflow'}; run odyssey sync again")
+    print(f"sent {sent} call(s) from {run_dir / 'mlflow'} to {uri}; nothing left")
     return 0

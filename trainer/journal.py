@@ -24,6 +24,7 @@ class Journal:
         self.records = self._read()
         self.seq = self.records[-1]["seq"] if self.records else 0
         self._file = None
+        self.write_error: str | None = None
 
     def _read(self) -> list[dict]:
         if not self.path.is_file():
@@ -37,15 +38,34 @@ class Journal:
         return out
 
     def append(self, record: dict) -> dict:
-        """Give the record the next seq and write it (flushed, not fsynced: a step must not wait on the disk)."""
-        if self._file is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a")
+        """Give the record the next seq and write it (flushed, not fsynced: a step must not wait on the disk). A
+        write that fails (a full disk) is noted in `write_error`; the record is returned all the same, for sending."""
         self.seq += 1
         record = {"seq": self.seq, **record}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            if self._file is None:
+                self._file = self._open()
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as err:
+            self.write_error = err.strerror or str(err)
+            self._close()  # the next write starts on a line of its own
         return record
+
+    def _open(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a")
+        if f.tell() and not self.path.read_bytes().endswith(b"\n"):
+            f.write("\n")  # a line torn by a crash or a full disk: the next record must not join it
+        return f
+
+    def _close(self) -> None:
+        try:
+            if self._file is not None:
+                self._file.close()
+        except OSError:
+            pass
+        self._file = None
 
     def sent(self) -> int:
         try:
@@ -74,9 +94,12 @@ class Journal:
         return {(k, r["step"]) for r in self.records
                 if r["op"] == "metrics" and r["run"] in same and r["step"] > step for k in r["metrics"]}
 
-    def last_run(self) -> str | None:
-        runs = [r["run"] for r in self.records if r["op"] in ("create", "resume")]
-        return runs[-1] if runs else None
+    def unended(self) -> list[str]:
+        """Keys of runs this journal created that never recorded an end: attempts that crashed or were killed."""
+        with self._runs_locked() as runs:
+            created = [r["run"] for r in self.records if r["op"] == "create"]
+            ended = {runs.get(r["run"], r["run"]) for r in self.records if r["op"] == "end"}
+            return [k for k in created if runs.get(k, k) not in ended]
 
     # --- run keys shared by every journal of the run folder (training, odyssey eval)
     @contextmanager

@@ -12,6 +12,7 @@ knows them) are not logged twice, so every (metric, step) appears once in MLflow
 
 Without MLFLOW_TRACKING_URI the store is embedded: `sqlite:///<run_dir>/mlflow.db`, artifacts in `<run_dir>/mlartifacts`.
 Credentials in a URI (`https://user:pass@host`) move to MLFLOW_TRACKING_USERNAME/PASSWORD; the URI is shown without them.
+A config's URI without credentials takes them from MLFLOW_TRACKING_URI when that names the same server.
 """
 from __future__ import annotations
 
@@ -40,6 +41,14 @@ class TrackingError(OdysseyError, RuntimeError):
     """MLflow could not be reached where a caller must wait for it (a study's parent run)."""
 
 
+class RunPending(LookupError):
+    """A call for a run whose create record waits in another journal (a training run created while MLflow was down)."""
+
+
+class RunRefused(LookupError):
+    """A call for a run whose creation MLflow refused for good: skipped like the create itself."""
+
+
 def log(rank: int, msg: str) -> None:
     """A console line of the run, from rank 0 only."""
     if rank == 0:
@@ -61,7 +70,7 @@ def params_for(config_tree: dict) -> dict[str, str]:
 
 
 def _permanent(err: BaseException) -> bool:
-    return getattr(err, "error_code", None) in PERMANENT or isinstance(err, FileNotFoundError)
+    return getattr(err, "error_code", None) in PERMANENT or isinstance(err, (FileNotFoundError, RunRefused))
 
 
 class Tracker:
@@ -70,6 +79,9 @@ class Tracker:
         self.run_dir = run_dir
         self.experiment = experiment
         self.uri, user, password = split_userinfo(default_tracking_uri(run_dir, uri))
+        env_uri, env_user, env_password = split_userinfo(os.environ.get("MLFLOW_TRACKING_URI", ""))
+        if not user and env_uri == self.uri:  # a config written without them (a study's child run on SLURM)
+            user, password = env_user, env_password
         for name, value in (("MLFLOW_TRACKING_USERNAME", user), ("MLFLOW_TRACKING_PASSWORD", password)):
             if value:
                 os.environ.setdefault(name, value)
@@ -83,6 +95,7 @@ class Tracker:
         self._hurry = threading.Event()  # set while end() waits: retry every second instead of backing off
         self._logged: set[tuple[str, int]] = set()
         self._client = None
+        self.attached = False  # logging into a run someone else opened and ends (start with reopen=False)
 
     @property
     def run_id(self) -> str | None:
@@ -101,28 +114,35 @@ class Tracker:
         return self._client
 
     def start(self, run_name: str, run_id: str | None = None, tags: dict[str, str] | None = None,
-              resume_step: int | None = None, wait: bool = False) -> str | None:
-        """Open the run: a new one (run_id None) or `run_id` again (a journal key or an MLflow id). With
-        `resume_step`, metric points the journal holds past that step are not logged again. With `wait`, the run
-        is created now or a one-line TrackingError says why (callers that need its id at once). Returns the key."""
+              resume_step: int | None = None, wait: bool = False, reopen: bool = True) -> str | None:
+        """Open the run: a new one (run_id None) or `run_id` again (a journal key or an MLflow id; `reopen` False
+        logs into it without marking it RUNNING). With `resume_step`, metric points the journal holds past that step
+        are not logged again. With `wait`, the run is created now or a one-line TrackingError says why (callers that
+        need its id at once). A new run first ends, as FAILED, the runs this journal created that never ended
+        (attempts that crashed or were killed). Returns the key."""
         if not self.enabled:
             return run_id
+        abandoned = self.journal.unended() if run_id is None else []
         if run_id is None and wait:
             run_id = self._create_now(run_name, tags or {})
         replay = self.journal.unsent()
-        if run_id is None:
-            self.run_key = f"pending-{uuid.uuid4().hex[:12]}"
-            record = {"op": "create", "run": self.run_key, "name": run_name, "experiment": self.experiment,
-                      "tags": {k: redact(str(v)) for k, v in (tags or {}).items()}}
-        else:
-            self.run_key = run_id
-            record = {"op": "resume", "run": run_id}
-        if resume_step is not None:
-            self._logged = self.journal.logged_after(self.run_key, resume_step)
         threading.Thread(target=self._write, name="odyssey-mlflow", daemon=True).start()
         for old in replay:  # calls an earlier attempt could not send, first and in order
             self._queue.put(old)
-        self._put(record)
+        for key in abandoned:
+            self._put({"op": "end", "run": key, "status": "FAILED"})
+        if run_id is None:
+            self.run_key = f"pending-{uuid.uuid4().hex[:12]}"
+            self._put({"op": "create", "run": self.run_key, "name": run_name, "experiment": self.experiment,
+                       "tags": {k: redact(str(v)) for k, v in (tags or {}).items()}})
+        else:
+            self.run_key = run_id
+            if reopen:
+                self._put({"op": "resume", "run": run_id})
+            else:
+                self.attached = True
+        if resume_step is not None:
+            self._logged = self.journal.logged_after(self.run_key, resume_step)
         return self.run_key
 
     def _create_now(self, run_name: str, tags: dict[str, str]) -> str:
@@ -135,7 +155,11 @@ class Tracker:
                                 f"{redact(str(err)).splitlines()[0][:300]}") from None
 
     def _put(self, record: dict) -> None:
+        noted = self.journal.write_error
         self._queue.put(self.journal.append(record))
+        if self.journal.write_error and not noted:
+            log(0, f"cannot write the MLflow journal {self.journal.path} ({self.journal.write_error}); calls go "
+                   f"to MLflow from memory, and those still unsent when the job ends are lost")
 
     def log_params(self, params: dict[str, str]) -> None:
         if self.enabled:
@@ -170,11 +194,25 @@ class Tracker:
         return True
 
     def end(self, status: str = "FINISHED", wait_s: float = 60.0) -> bool:
-        """Close the run with `status` (FINISHED, FAILED, KILLED). Waits up to `wait_s` for an unreachable server,
-        then leaves the rest in the journal and says how to send it. Returns whether everything was sent."""
+        """Close the run with `status` (FINISHED, FAILED, KILLED), then `drain`. Returns whether all was sent."""
         if not self.enabled or self.run_key is None:
             return True
         self._put({"op": "end", "run": self.run_key, "status": status})
+        return self.drain(wait_s)
+
+    def close(self, wait_s: float = 60.0, error: BaseException | None = None) -> bool:
+        """At the end of a process: end the run it opened (FINISHED; FAILED on `error`, KILLED on Ctrl-C), or only
+        `drain` into a run it attached to."""
+        if self.attached:
+            return self.drain(wait_s)
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED" if error else "FINISHED"
+        return self.end(status, wait_s)
+
+    def drain(self, wait_s: float = 60.0) -> bool:
+        """Before the process exits: wait up to `wait_s` for an unreachable server, then leave the rest in the
+        journal and say how to send it. Returns whether everything was sent."""
+        if not self.enabled or self.run_key is None:
+            return True
         self._hurry.set()
         deadline = time.time() + wait_s
         while not self.flush(timeout=max(0.0, deadline - time.time())) and time.time() < deadline:
@@ -211,8 +249,12 @@ class Tracker:
             return True
         except Exception as err:  # the writer must survive anything the store raises
             why = redact(str(err)).splitlines()[0][:300] if str(err) else type(err).__name__
+            if isinstance(err, RunPending):
+                return False  # its run's create waits in another journal (a training run still pending)
             if _permanent(err):
                 log(0, f"MLflow refused {record['op']} #{record['seq']} ({why}); skipped")
+                if record["op"] == "create" and record["run"]:
+                    self.journal.set_run_id(record["run"], "")  # the calls for this run are skipped too
                 return True
             if self._down_since is None:
                 self._down_since = time.time()
@@ -223,7 +265,9 @@ class Tracker:
     def _id(self, record: dict) -> str:
         run_id = self.journal.run_id(record["run"])
         if run_id is None:
-            raise KeyError(f"run {record['run']} was never created")  # retried until its create record is sent
+            raise RunPending(record["run"])  # retried until its create record is sent
+        if not run_id:
+            raise RunRefused(f"MLflow refused to create run {record['run']}")
         return run_id
 
     def _create(self, record: dict) -> str:
@@ -271,15 +315,32 @@ class Tracker:
         self.client.set_terminated(self._id(record), status=record["status"])
 
 
-def sync(run_dir: Path, uri: str | None = None) -> tuple[int, int]:
-    """`odyssey sync RUN_DIR`: send what every journal of the run folder still holds. Returns (sent, left)."""
-    sent = left = 0
-    for path in sorted((run_dir / "mlflow").glob("*.jsonl")):
-        tracker = Tracker(run_dir, "", enabled=True, uri=uri, journal=path.stem)
-        for record in tracker.journal.unsent():
-            if not tracker._send(record):
-                left = len(tracker.journal.unsent())
-                return sent, left
-            tracker.journal.mark_sent(record["seq"])
-            sent += 1
-    return sent, left
+def run_tracking_uri(run_dir: Path) -> str | None:
+    """The tracking URI a run folder's config.yaml names (without credentials: those come from the environment)."""
+    import yaml
+
+    try:
+        tree = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return (tree.get("tracking") or {}).get("uri") if isinstance(tree, dict) else None
+
+
+def sync(run_dir: Path, uri: str | None = None) -> tuple[str, int, int]:
+    """`odyssey sync RUN_DIR`: send what every journal of the run folder still holds, to `uri`, else the run's own
+    tracking URI, else MLFLOW_TRACKING_URI or the run's embedded store. A journal that waits on a run another
+    journal creates goes on in the next pass. Returns (the URI, calls sent, calls left)."""
+    uri = uri or run_tracking_uri(run_dir)
+    trackers = [Tracker(run_dir, "", enabled=True, uri=uri, journal=path.stem)
+                for path in sorted((run_dir / "mlflow").glob("*.jsonl"))]
+    sent, progress = 0, True
+    while progress:
+        progress = False
+        for tracker in trackers:
+            for record in tracker.journal.unsent():
+                if not tracker._send(record):
+                    break
+                tracker.journal.mark_sent(record["seq"])
+                sent, progress = sent + 1, True
+    left = sum(len(t.journal.unsent()) for t in trackers)
+    return (trackers[0].uri if trackers else default_tracking_uri(run_dir, uri)), sent, left

@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ import yaml
 
 from data_prep.errors import guarded
 from data_prep.manifest import tokenizer_fingerprint
-from data_prep.redact import load_env_file, redact
+from data_prep.redact import load_env_file, redact_tree
 from trainer import checkpoint
 from trainer.config import Config, ConfigError, load_config
 from trainer.data import Batches, build_train_loader, check_domains, model_inputs, open_eval_sets
@@ -68,9 +69,11 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.stop_request = StopRequest()
         self.state = RunState()
+        checkpoint.check_shared(self.run_dir, self.rank, self.world, self.device)
         tokenizer = load_tokenizer(cfg.model)  # data checks first: cheap, and they fail before any weight loads
         self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer))
         tag = checkpoint.starting_tag(self.ckpt_root, resume, self.rank, self.world, cfg.checkpoint.verify == "fast")
+        set_aside = checkpoint.set_aside_newer(self.ckpt_root, tag) if tag and self.rank == 0 else None
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not tag:
@@ -84,14 +87,20 @@ class Trainer:
         self.tracker = Tracker(self.run_dir, cfg.tracking.experiment, enabled=self.rank == 0, uri=cfg.tracking.uri)
         self.state.mlflow_run_id = self.tracker.start(cfg.tracking.run_name or cfg.run.name, self.state.mlflow_run_id,
                                                       tags=cfg.tracking.tags,
-                                                      resume_step=self.state.step if tag else None)
-        if self.rank == 0 and not tag:
-            self._record_run()
-        self.validator = Validator(cfg, open_eval_sets(self.domains, cfg.eval.split), self.rank, self.world,
-                                   self.device, tokenizer, self.tracker, self.run_dir, self._weight_delta(tag))
-        self.evals_at = eval_steps(cfg, self.max_steps)
-        self.stats = StepStats(self.device, self.world, cfg.optim.spike_factor)
-        self._announce()
+                                                      resume_step=self.state.step if tag and not set_aside else None)
+        try:  # from here on a failure ends the MLflow run as FAILED rather than leaving it RUNNING
+            if set_aside:
+                self._rewound(set_aside)
+            if self.rank == 0 and not tag:
+                self._record_run()
+            self.validator = Validator(cfg, open_eval_sets(self.domains, cfg.eval.split), self.rank, self.world,
+                                       self.device, tokenizer, self.tracker, self.run_dir, self._weight_delta(tag))
+            self.evals_at = eval_steps(cfg, self.max_steps)
+            self.stats = StepStats(self.device, self.world, cfg.optim.spike_factor)
+            self._announce()
+        except BaseException as err:
+            self.tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", cfg.tracking.wait_s)
+            raise
 
     def _build_engine(self) -> None:
         """The loader first (its length sets the step count of an epochs-based run), then the model under ZeRO-3."""
@@ -127,12 +136,21 @@ class Trainer:
                        f"tokens seen; loaded in {time.time() - t0:.1f}s, saved in {save_s}s)")
         self._check_grace(save_s)
 
+    def _rewound(self, set_aside: Path) -> None:
+        """A resume from a checkpoint older than the newest: MLflow cannot delete the points the abandoned attempt
+        logged past it, so this attempt logs those steps again beside them, and the run says so."""
+        step = self.state.step
+        log(self.rank, f"resumed from step {step}, older than the newest checkpoint: the newer ones were moved to "
+                       f"{set_aside} (nothing deleted); MLflow keeps the points logged past step {step} by the "
+                       f"abandoned attempt, and this one logs those steps again (tag odyssey.rewound_to)")
+        self.tracker.set_tag("odyssey.rewound_to", f"step {step}; abandoned checkpoints in {set_aside}")
+
     def _record_run(self) -> None:
         """Rank 0 of a fresh run: what ran (resolved config, DeepSpeed JSON, manifests) into the folder and MLflow."""
         run_dir, tracker = self.run_dir, self.tracker
         tree = self.cfg.model_dump(mode="json")
         tree["tracking"]["uri"] = self.cfg.tracking.uri and tracker.uri  # without credentials (they are in the env)
-        (run_dir / "config.yaml").write_text(redact(yaml.safe_dump(tree, sort_keys=False)))
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(redact_tree(tree), sort_keys=False))
         (run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
         tracker.log_params(params_for(tree))
         derived = {"world_size": self.world, "seq_len": self.seq_len, "tokens_per_step": self.tokens_per_step,

@@ -29,7 +29,7 @@ tracking: {{experiment: test}}
     assert watcher.returncode == 0, err[-3000:]
     assert "evaluated 3 checkpoint(s): steps [2, 4, 6]" in out
     client, runs = client_and_run(tmp_path / "w")
-    assert len(runs) == 1
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the watcher leaves the training run's status be
     rid = runs[0].info.run_id
     for dom in ("prose", "code"):
         values = [m for m in client.get_metric_history(rid, f"eval/{dom}/ppl")]
@@ -71,4 +71,5 @@ tracking: {{experiment: test}}
     trained = history(train_client, train_runs[0].info.run_id, "eval/prose/ppl")
     scored = history(eval_client, eval_runs[0].info.run_id, "eval/prose/ppl")
     assert sorted(scored) == [0, 4]
+    assert eval_runs[0].info.status == "FINISHED"  # a run of its own is ended by the evaluation
     assert scored[0] == pytest.approx(trained[0], rel=1e-5) and scored[4] == pytest.approx(trained[4], rel=1e-5)

@@ -40,5 +40,8 @@ tracking: {{experiment: test}}
         assert len(evals) == 3 * (1 + 2 * 2)
         # a save: all ranks agree whether the disk has room, at steps 2 and 3
         assert len([rec for rec in seen["records"] if rec["site"] == "checkpoint.py:check_room"]) == 2
-        assert set(sites) == {"step_stats.py:agree", "evaluate.py:evaluate", "checkpoint.py:check_room"}, sites
+        # at start: every rank sees the run folder rank 0 writes (a broadcast, then an all_reduce)
+        assert len([rec for rec in seen["records"] if rec["site"] == "checkpoint.py:check_shared"]) == 2
+        assert set(sites) == {"step_stats.py:agree", "evaluate.py:evaluate", "checkpoint.py:check_room",
+                              "checkpoint.py:check_shared"}, sites
         assert all(devices == {device} for devices in sites.values()), (device, sites)

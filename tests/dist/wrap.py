@@ -7,6 +7,10 @@ test switches). Started by the deepspeed launcher: `deepspeed --num_gpus 2 --mod
   TEST_KILL_IN_SAVE=1              right after DeepSpeed wrote the shards of the first checkpoint this job saves
                                    (before COMPLETE), the last rank SIGKILLs its process group: start the job in a
                                    session of its own
+  TEST_FAIL_IN_SAVE=1              the last rank's first optimizer-shard write of this job writes half the file, then
+                                   fails as on a full disk (ENOSPC), while the other ranks' writes succeed
+  TEST_NODE_LOCAL=DIR               the last rank sees an empty tmpfs of its own at DIR (a mount namespace of its own),
+                                   as a rank on another node sees a node-local folder (needs root)
   TEST_STEP_SLEEP=S                every training forward sleeps S seconds (a slower step, so outages span steps)
   TEST_RAISE_AT=N                  the Nth training forward raises RuntimeError (a crash mid-run)
 """
@@ -58,6 +62,37 @@ def kill_in_save() -> None:
         return out
 
     ds_engine.DeepSpeedEngine.save_checkpoint = save_checkpoint
+
+
+def fail_in_save() -> None:
+    import errno
+
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    original = TorchCheckpointEngine.save
+    failed = []
+
+    def save(self, state_dict, path):
+        if path.endswith("optim_states.pt") and not failed and \
+                int(os.environ["RANK"]) == int(os.environ["WORLD_SIZE"]) - 1:
+            failed.append(path)
+            Path(path).write_bytes(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return original(self, state_dict, path)
+
+    TorchCheckpointEngine.save = save
+
+
+def node_local(path: str) -> None:
+    import ctypes
+    import subprocess
+
+    if int(os.environ["RANK"]) != int(os.environ["WORLD_SIZE"]) - 1:
+        return
+    if ctypes.CDLL(None, use_errno=True).unshare(0x00020000):  # CLONE_NEWNS
+        raise OSError(ctypes.get_errno(), "unshare")
+    subprocess.run(["mount", "--make-rprivate", "/"], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", path], check=True)
 
 
 def slow_or_crash(sleep_s: float, raise_at: int) -> None:
@@ -123,6 +158,10 @@ if __name__ == "__main__":
         record_collectives(os.environ["TEST_RECORD_COLLECTIVES"])
     if os.environ.get("TEST_KILL_IN_SAVE"):
         kill_in_save()
+    if os.environ.get("TEST_NODE_LOCAL"):
+        node_local(os.environ["TEST_NODE_LOCAL"])
+    if os.environ.get("TEST_FAIL_IN_SAVE"):
+        fail_in_save()
     if os.environ.get("TEST_STEP_SLEEP") or os.environ.get("TEST_RAISE_AT"):
         slow_or_crash(float(os.environ.get("TEST_STEP_SLEEP", 0)), int(os.environ.get("TEST_RAISE_AT", 0)))
     from trainer.train import main

@@ -1,10 +1,13 @@
 """A full disk at save time, on a real filesystem of its own (a small tmpfs under the run folder): the save that
 does not fit ends the job with one line and a non-zero exit, nothing partial is left, and the previous checkpoint
-is intact and loads (export verifies its checksums and consolidates it)."""
+is intact and loads (export verifies its checksums and consolidates it). A run folder that one rank cannot see (local
+to its node) is refused at start."""
 import subprocess
 import sys
 
 import pytest
+
+from tests.dist.helpers import run_wrapped
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +70,18 @@ def test_a_write_that_fails_on_a_full_disk_leaves_nothing_partial(tmp_path, asse
     r = train(config(tmp_path, assets, "tiny"))
     assert r.returncode == 2 and len(errors(r)) == 1, r.stdout[-2000:] + r.stderr[-3000:]
     line = errors(r)[0]
-    assert f"rank 0: saving {ckpts / 'step_00000002'} failed" in line and "MiB left" in line, line
+    assert f"saving {ckpts / 'step_00000002'} failed on rank 0: a write failed, the disk is probably full" in line \
+        or "No space left on device" in line, line
+    assert "MiB left" in line, line
     assert "Traceback" not in r.stderr
     assert not list(ckpts.glob("step_*")) and not (ckpts / "latest").exists()
     print(line)
+
+
+def test_a_run_folder_local_to_each_node_is_refused(tmp_path, assets, small_disk):
+    small_disk(tmp_path / "probe", 64)  # only to skip where mounts are not allowed (not root)
+    cfg = config(tmp_path, assets, "local")
+    (tmp_path / "local").mkdir()
+    r = run_wrapped(cfg, env={"TEST_NODE_LOCAL": str(tmp_path / "local")}, expect=2)
+    line = [x for x in r.stderr.splitlines() if "odyssey: error" in x]
+    assert len(line) == 1 and f"run.out_dir {tmp_path} is not shared: rank 1 cannot see" in line[0], r.stderr[-3000:]

@@ -1,6 +1,7 @@
 """Deaths on real 2-rank ZeRO-3 jobs: one rank SIGKILLed at a random step (three seeds, one after the other, each
-followed by --resume auto), a preemption (SIGTERM to every rank, SIGKILL after a grace time), then the job SIGKILLed
-inside a save after the shards are written. The run ends with the losses of an uninterrupted run, a ledger without a
+followed by --resume auto), a preemption (SIGTERM to every rank, SIGKILL after a grace time), a save whose writes
+fail on one rank only (both ranks stop with one line), then the job SIGKILLed inside a save after the shards are
+written. The run ends with the losses of an uninterrupted run, a ledger without a
 duplicate or a hole, every metric point once in MLflow, and the partial checkpoint never picked."""
 import os
 import random
@@ -95,6 +96,11 @@ def test_ranks_killed_at_random_steps_and_inside_a_save_resume_to_the_same_run(s
     stopped = re.search(r"stopped at step (\d+) by SIGTERM: checkpoint saved", text)
     assert stopped and (ckpts / "latest").read_text() == f"step_{int(stopped.group(1)):08d}", text[-3000:]
     before = (ckpts / "latest").read_text()
+    r = run_wrapped(cfg, "run.name=killed", "--resume", "auto", env={"TEST_FAIL_IN_SAVE": "1"}, expect=2)
+    errors = [line for line in r.stderr.splitlines() if "odyssey: error" in line]
+    assert len(errors) == 1 and "failed on rank 1: No space left on device" in errors[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and (ckpts / "latest").read_text() == before
+    assert [p.name for p in ckpts.glob("step_*") if p.name > before] == []  # the partial folder went
     c, env = wrapped(cfg, "run.name=killed", "--resume", "auto", env={"TEST_KILL_IN_SAVE": "1"})
     r = subprocess.run(c, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600, start_new_session=True)
     assert r.returncode == -signal.SIGKILL, r.stdout[-3000:]

@@ -73,3 +73,20 @@ def test_durable_write_replaces_whole(tmp_path):
     checkpoint.write_durable(target, "step_00000002")
     checkpoint.write_durable(target, "step_00000004")
     assert target.read_text() == "step_00000004" and sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+
+
+def test_going_back_sets_the_newer_checkpoints_aside(tmp_path):
+    for step in (2, 4, 6):
+        folder = tmp_path / checkpoint.tag_for(step)
+        folder.mkdir()
+        (folder / checkpoint.COMPLETE).write_text("{}")
+    (tmp_path / checkpoint.tag_for(8)).mkdir()  # a save killed midway
+    (tmp_path / checkpoint.LATEST).write_text(checkpoint.tag_for(6))
+    assert checkpoint.set_aside_newer(tmp_path, checkpoint.tag_for(6)) is None  # the newest: nothing to move
+    assert (tmp_path / checkpoint.tag_for(8)).is_dir()
+    dest = checkpoint.set_aside_newer(tmp_path, checkpoint.tag_for(2))
+    assert dest.parent == tmp_path / "set_aside" and dest.name.startswith("step_00000002-")
+    assert sorted(p.name for p in dest.iterdir()) == ["step_00000004", "step_00000006", "step_00000008"]
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000002"]
+    assert checkpoint.resolve(tmp_path, "auto") == checkpoint.resolve(tmp_path, "latest") == "step_00000002"
+    assert checkpoint.prune(tmp_path, 1, None) == [] and dest.is_dir()  # retention never reaches set-aside ones

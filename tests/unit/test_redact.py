@@ -4,8 +4,11 @@ import json
 import os
 import stat
 
-from data_prep.redact import (MASK, is_secret_key, is_secret_name, load_env_file, redact, split_userinfo,
-                              write_env_file)
+import pytest
+import yaml
+
+from data_prep.redact import (MASK, is_secret_key, is_secret_name, load_env_file, redact, redact_tree, secret_values,
+                              split_userinfo, write_env_file)
 from trainer.tracking import params_for
 
 
@@ -29,14 +32,15 @@ def test_redact_masks_values_and_uri_userinfo():
 
 def test_env_file_is_private_and_carries_uri_credentials(tmp_path, monkeypatch):
     env = {"HF_TOKEN": "hf_abcdef123", "AWS_SECRET_ACCESS_KEY": "s3cr3t/value", "PATH": "/usr/bin",
-           "MLFLOW_TRACKING_URI": "http://alice:hunter22@127.0.0.1:5000"}
+           "MLFLOW_TRACKING_URI": "http://alice:hunter22@127.0.0.1:5000", "HTTPS_PROXY": "http://p:pr0xy@gw:3128"}
     path = tmp_path / "secrets.json"
     lines = write_env_file(path, env)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     saved = json.loads(path.read_text())
     assert saved == {"HF_TOKEN": "hf_abcdef123", "AWS_SECRET_ACCESS_KEY": "s3cr3t/value",
+                     "HTTPS_PROXY": "http://p:pr0xy@gw:3128",
                      "MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "hunter22"}
-    assert lines.splitlines() == ["unset AWS_SECRET_ACCESS_KEY HF_TOKEN MLFLOW_TRACKING_PASSWORD "
+    assert lines.splitlines() == ["unset AWS_SECRET_ACCESS_KEY HF_TOKEN HTTPS_PROXY MLFLOW_TRACKING_PASSWORD "
                                   "MLFLOW_TRACKING_USERNAME", "export MLFLOW_TRACKING_URI=http://127.0.0.1:5000"]
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "already-set")
@@ -62,3 +66,28 @@ def test_a_tracking_uri_with_credentials_is_used_without_them(tmp_path, monkeypa
     tracker = Tracker(tmp_path, "x", enabled=False, uri="https://alice:s3cr3t-pw@mlflow.example:443/")
     assert tracker.uri == "https://mlflow.example:443/"  # what is printed and written into study child configs
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cr3t-pw"
+
+
+def test_a_token_in_the_user_part_is_masked_everywhere_and_yaml_stays_valid(monkeypatch, tmp_path):
+    monkeypatch.setenv("S3_ENDPOINT_URL", "https://ghp_t0kenvalue42@s3.example")
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "tok-as-user-77")
+    assert {"ghp_t0kenvalue42", "tok-as-user-77"} <= set(secret_values())
+    assert redact("pulled with ghp_t0kenvalue42 as tok-as-user-77") == f"pulled with {MASK} as {MASK}"
+    tree = {"hf_token": "abc-secret", "tags": {"note": "user tok-as-user-77"}, "n": 3, "l": ["ghp_t0kenvalue42"]}
+    assert yaml.safe_load(yaml.safe_dump(redact_tree(tree))) == {"hf_token": MASK, "tags": {"note": f"user {MASK}"},
+                                                                "n": 3, "l": [MASK]}
+    with pytest.raises(SystemExit) as stop:
+        load_env_file(str(tmp_path / "gone.json"))  # a node that cannot see the launch folder
+    assert stop.value.code == 2
+
+
+def test_a_config_uri_without_credentials_takes_them_from_the_environment(tmp_path, monkeypatch):
+    from trainer.tracking import Tracker
+
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://carol:pw-4567@mlflow.example/")
+    Tracker(tmp_path, "x", enabled=False, uri="https://other.example/")
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ  # another server gets nothing
+    Tracker(tmp_path, "x", enabled=False, uri="https://mlflow.example/")  # a study child's config on SLURM
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "carol" and os.environ["MLFLOW_TRACKING_PASSWORD"] == "pw-4567"

@@ -1,5 +1,6 @@
 """The tracking journal on a real store: an unreachable server never blocks the caller and loses nothing (`odyssey
-sync` sends it all later, in order, once), and a resumed run does not log a step's metric twice."""
+sync` sends it all later, in order, once), and a resumed run does not log a step's metric twice. A torn line, a full
+disk under the journal, a run MLflow refuses and a crashed attempt's run do not stop what comes after."""
 import socket
 import subprocess
 import sys
@@ -30,15 +31,16 @@ def test_unreachable_server_then_sync_then_resume_without_duplicates(tmp_path):
     assert time.time() - t0 < 30, "an unreachable server must not hold the caller"
     assert len(down.journal.unsent()) == 0 and len(down.journal._read()) == 9  # nothing sent; this process' records
 
-    r = subprocess.run([sys.executable, "-m", "odyssey", "sync", str(run_dir), "--uri", store], capture_output=True,
+    (run_dir / "config.yaml").write_text(f"tracking: {{uri: '{store}'}}\n")  # sync sends to the run's own URI
+    r = subprocess.run([sys.executable, "-m", "odyssey", "sync", str(run_dir)], capture_output=True,
                        text=True, timeout=300)
-    assert r.returncode == 0 and "sent 9 call(s)" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 0 and f"sent 9 call(s) from {run_dir / 'mlflow'} to {store}" in r.stdout, r.stdout + r.stderr
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params == {"optim.lr": "0.001"}
     assert run.data.tags["note"] == "x" and run.data.tags["who"] == "test"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3, 4, 5]
-    assert sync(run_dir, store) == (0, 0)
+    assert sync(run_dir, store)[1:] == (0, 0)
 
     resumed = Tracker(run_dir, "exp", enabled=True, uri=store)
     # a checkpoint holds the MLflow id once the run exists; the journal's records name it by its pending key
@@ -48,3 +50,55 @@ def test_unreachable_server_then_sync_then_resume_without_duplicates(tmp_path):
     assert resumed.end("FINISHED", wait_s=30)
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+
+
+def runs_by_name(store: str, experiment: str) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    return {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
+
+
+def test_a_crashed_attempt_ends_failed_and_a_refused_run_blocks_nothing(tmp_path):
+    run_dir, store = tmp_path / "run", f"sqlite:///{tmp_path}/store.db"
+    crashed = Tracker(run_dir, "exp", enabled=True, uri=store)
+    crashed.start("first")
+    crashed.log_metrics({"train/loss": 1.0}, 1)
+    assert crashed.flush(timeout=60)  # then the process dies: no end record
+    with open(crashed.journal.path, "a") as f:
+        f.write('{"seq": 99, "op": "metr')  # and its last line was torn mid-write
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    client.delete_experiment(client.create_experiment("deleted"))
+    refused = Tracker(run_dir, "deleted", enabled=True, uri=store)
+    refused.start("second")  # MLflow refuses a run in a deleted experiment, for good
+    refused.log_metrics({"train/loss": 2.0}, 1)
+    assert refused.end("FINISHED", wait_s=30), "the calls of a refused run are skipped, not retried forever"
+    third = Tracker(run_dir, "exp", enabled=True, uri=store)
+    third.start("third")
+    third.log_metrics({"train/loss": 3.0}, 1)
+    assert third.end("FINISHED", wait_s=30)
+
+    runs = runs_by_name(store, "exp")
+    assert sorted(runs) == ["first", "third"]
+    assert runs["first"].info.status == "FAILED" and runs["third"].info.status == "FINISHED"
+    records = third.journal._read()
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))  # the torn line alone was lost
+
+
+def test_a_full_disk_under_the_journal_still_sends_everything(tmp_path, capsys):
+    run_dir, store = tmp_path / "run", f"sqlite:///{tmp_path}/store.db"
+    (run_dir / "mlflow").mkdir(parents=True)
+    (run_dir / "mlflow" / "train.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    tracker = Tracker(run_dir, "exp", enabled=True, uri=store)
+    tracker.start("full")
+    for step in range(1, 4):
+        tracker.log_metrics({"train/loss": float(step)}, step)
+    assert tracker.end("FINISHED", wait_s=30)
+    assert "cannot write the MLflow journal" in capsys.readouterr().out
+    from mlflow import MlflowClient
+
+    run = runs_by_name(store, "exp")["full"]
+    assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
