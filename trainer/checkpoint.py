@@ -248,7 +248,7 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, world: in
         local = _deepspeed_save(engine, folder, rank, world) or _attempt(_write_own_state, folder, rank, client_state)[1]
         problem = _agree(local, rank, world)
     if not problem:  # every rank's files are there: each seals the ones it wrote
-        sealed, local = _attempt(_seal, folder, [n for n in _files(folder) if _owner(n) % world == rank])
+        sealed, local = _attempt(lambda: _seal(folder, [n for n in _files(folder) if _owner(n) % world == rank]))
         parts = _gather((sealed, f"rank {rank}: {local}" if local else None), world)
         problem = next((p for _, p in parts if p), None)
     if not problem:
