@@ -106,6 +106,23 @@ def finished(out: Path, key: str) -> bool:
     return (out / "runs" / key / FINISHED).is_file()
 
 
+def send_journals(out: Path, keys: list[str]) -> None:
+    """Before the aggregation reads the runs from MLflow: what a run could not send (its server was down when it
+    ended) is sent now, or the study stops with one line rather than aggregate from missing metrics."""
+    from trainer.tracking import sync
+
+    for key in keys:
+        run_dir = out / "runs" / key
+        if not (run_dir / "mlflow").is_dir():
+            continue
+        uri, sent, left = sync(run_dir)
+        if sent:
+            say(f"{key}: sent {sent} MLflow call(s) its training could not send")
+        if left:
+            raise StudyError(f"{key}: {left} MLflow call(s) still unsent ({uri} unreachable); the aggregation needs "
+                             f"them: run `odyssey sync {run_dir}` once the server is back, then aggregate again")
+
+
 def run_study(path: str | Path) -> dict:
     """The whole study on this machine: setup, each unfinished run in turn (resuming an interrupted one), then
     the aggregation. On SLURM, launch/slurm/submit_study.sh runs the same three parts as jobs instead."""
@@ -140,6 +157,7 @@ def finish_study(study: StudyCfg, tracker: Tracker, similarity: dict[str, dict])
 
     from study.report import aggregate
 
+    send_journals(study.out, study.run_keys)
     summary = aggregate(study, similarity, MlflowClient(tracker.uri), tracker)
     tracker.end("FINISHED")
     say(f"report: {study.out / 'report' / 'index.html'}")

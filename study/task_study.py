@@ -21,7 +21,7 @@ from data_prep.manifest import read_manifest, tokenizer_fingerprint
 from data_prep.task_sources import source_stamp
 from data_prep.tasks import TaskCfg, prepare_task
 from study.prep import fingerprint_key
-from study.runs import StudyError, config_path, finished, run_config_for, say, train_each
+from study.runs import StudyError, config_path, finished, run_config_for, say, send_journals, train_each
 from study.task_config import TaskStudyCfg
 from trainer.config import config_from_dict
 from trainer.model import load_tokenizer
@@ -113,6 +113,7 @@ def aggregate(study: TaskStudyCfg, tracker: Tracker, paths: dict[str, Path]) -> 
     missing = [key for key in study.run_keys if not finished(study.out, key)]
     if missing:
         raise StudyError(f"runs not finished: {', '.join(missing)}; run or resubmit their training first")
+    send_journals(study.out, study.run_keys)
     matrix = matrix_file(study, paths, tracker)
     export_runs(load_matrix(str(matrix)))
     say(f"scoring the matrix: {matrix}")

@@ -102,3 +102,23 @@ def test_a_full_disk_under_the_journal_still_sends_everything(tmp_path, capsys):
 
     run = runs_by_name(store, "exp")["full"]
     assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+
+
+def test_a_study_sends_what_its_runs_could_not_before_it_aggregates(tmp_path):
+    import pytest
+
+    from study.runs import StudyError, send_journals
+
+    down_uri, store = f"http://127.0.0.1:{closed_port()}", f"sqlite:///{tmp_path}/store.db"
+    run_dir = tmp_path / "runs" / "legal"
+    down = Tracker(run_dir, "study", enabled=True, uri=down_uri)
+    down.start("legal")
+    down.log_metrics({"eval/legal/ppl": 12.5}, 4)
+    assert not down.end("FINISHED", wait_s=1)
+    (run_dir / "config.yaml").write_text(f"tracking: {{uri: '{down_uri}'}}\n")
+    with pytest.raises(StudyError, match="legal: 3 MLflow call.s. still unsent"):
+        send_journals(tmp_path, ["legal", "code"])  # "code" has no journal at all
+    (run_dir / "config.yaml").write_text(f"tracking: {{uri: '{store}'}}\n")  # the server is back
+    send_journals(tmp_path, ["legal"])
+    run = runs_by_name(store, "study")["legal"]
+    assert run.info.status == "FINISHED" and run.data.metrics == {"eval/legal/ppl": 12.5}
