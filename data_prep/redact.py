@@ -50,14 +50,18 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
 
 
 def redact_tree(tree):
-    """A config tree (dicts, lists, scalars) with secret keys masked and secret values redacted, for writing as YAML
-    (masking after the dump could leave `***`, which YAML reads as an alias)."""
+    """A config tree (dicts, lists, scalars) with secret keys masked and secret values redacted: for MLflow params,
+    and for writing as YAML (masking after the dump could leave `***`, which YAML reads as an alias)."""
     secrets = secret_values()
-    if isinstance(tree, dict):
-        return {k: MASK if is_secret_key(str(k)) and v else redact_tree(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [redact_tree(v) for v in tree]
-    return _mask(tree, secrets) if isinstance(tree, str) else tree
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: MASK if is_secret_key(str(k)) and v else walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return _mask(node, secrets) if isinstance(node, str) else node
+
+    return walk(tree)
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:

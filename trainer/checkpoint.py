@@ -175,11 +175,11 @@ def _attempt(fn, *args, **kwargs) -> tuple[object, str | None]:
         return None, _reason(err)
 
 
-def _agree(problem: str | None, rank: int, world: int) -> str | None:
+def _agree(problem: str | None, rank: int, world: int, value=None) -> tuple[str | None, list]:
     """Every rank learns the first failure of any rank ("rank R: why"), so that all of them stop together instead of
-    the others waiting in the next collective until the launcher kills them."""
-    problems = _gather(f"rank {rank}: {problem}" if problem else None, world)
-    return next((p for p in problems if p), None)
+    the others waiting in the next collective until the launcher kills them; and every rank's `value`."""
+    parts = _gather((f"rank {rank}: {problem}" if problem else None, value), world)
+    return next((p for p, _ in parts if p), None), [v for _, v in parts]
 
 
 def _fresh_folder(folder: Path) -> None:
@@ -243,19 +243,18 @@ def save(engine, root: Path, step: int, client_state: dict, rank: int, world: in
     t0 = time.time()
     folder = root / tag_for(step)
     check_room(root, step, rank, world, engine.device)
-    problem = _agree(_attempt(_fresh_folder, folder)[1] if rank == 0 else None, rank, world)
+    problem, _ = _agree(_attempt(_fresh_folder, folder)[1] if rank == 0 else None, rank, world)
     if not problem:
         local = _deepspeed_save(engine, folder, rank, world) or _attempt(_write_own_state, folder, rank, client_state)[1]
-        problem = _agree(local, rank, world)
+        problem, _ = _agree(local, rank, world)
     if not problem:  # every rank's files are there: each seals the ones it wrote
         sealed, local = _attempt(lambda: _seal(folder, [n for n in _files(folder) if _owner(n) % world == rank]))
-        parts = _gather((sealed, f"rank {rank}: {local}" if local else None), world)
-        problem = next((p for _, p in parts if p), None)
+        problem, sealed = _agree(local, rank, world, sealed)
     if not problem:
         marker = {"step": step, "world_size": world, "time": time.time(), "save_s": round(time.time() - t0, 3),
                   "tokens_seen": client_state.get("tokens_seen"), "mlflow_run_id": client_state.get("mlflow_run_id")}
-        local = _attempt(_write_complete, root, folder, [s for s, _ in parts], marker)[1] if rank == 0 else None
-        problem = _agree(local, rank, world)
+        local = _attempt(_write_complete, root, folder, sealed, marker)[1] if rank == 0 else None
+        problem, _ = _agree(local, rank, world)
     if problem:
         if rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
@@ -302,12 +301,13 @@ def check_shared(run_dir: Path, rank: int, world: int, device) -> None:
     would leave checkpoints that no node holds whole. Rank 0 leaves a file there, the others look for it."""
     if world == 1 or not dist.is_initialized():
         return
-    token = torch.tensor([time.time_ns() if rank == 0 else 0], dtype=torch.int64, device=device)
+    stamp = time.time_ns()
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / f".shared-{int(token.item())}").write_text("")
-    dist.broadcast(token, src=0)
-    probe = run_dir / f".shared-{int(token.item())}"
+        (run_dir / f".shared-{stamp}").write_text("")
+    shared = torch.tensor([stamp if rank == 0 else 0], dtype=torch.int64, device=device)
+    dist.broadcast(shared, src=0)  # rank 0 enters it after writing the probe
+    probe = run_dir / f".shared-{int(shared.item())}"
     missing = torch.tensor([float(rank if not probe.is_file() else 0)], device=device)
     dist.all_reduce(missing, op=dist.ReduceOp.MAX)
     if rank == 0:

@@ -24,8 +24,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from data_prep.config import ConfigError, read_yaml
 from data_prep.errors import OdysseyError
-from data_prep.redact import MASK, is_secret_key, redact, secret_values, split_userinfo
+from data_prep.redact import redact, redact_tree, split_userinfo
 from trainer.config import flatten
 from trainer.journal import Journal
 
@@ -61,12 +62,7 @@ def default_tracking_uri(run_dir: Path, uri: str | None = None) -> str:
 
 def params_for(config_tree: dict) -> dict[str, str]:
     """MLflow params of a config: secret keys masked, secret values and URI credentials redacted, limits kept."""
-    secrets = secret_values()
-    out = {}
-    for k, v in flatten(config_tree).items():
-        value = MASK if is_secret_key(k) and v else redact(str(v), secrets=secrets)
-        out[k[:PARAM_KEY_MAX]] = value[:PARAM_VALUE_MAX]
-    return out
+    return {k[:PARAM_KEY_MAX]: str(v)[:PARAM_VALUE_MAX] for k, v in flatten(redact_tree(config_tree)).items()}
 
 
 def _permanent(err: BaseException) -> bool:
@@ -317,13 +313,11 @@ class Tracker:
 
 def run_tracking_uri(run_dir: Path) -> str | None:
     """The tracking URI a run folder's config.yaml names (without credentials: those come from the environment)."""
-    import yaml
-
     try:
-        tree = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        tree = read_yaml(run_dir / "config.yaml")
+    except ConfigError:
         return None
-    return (tree.get("tracking") or {}).get("uri") if isinstance(tree, dict) else None
+    return (tree.get("tracking") or {}).get("uri")
 
 
 def sync(run_dir: Path, uri: str | None = None) -> tuple[str, int, int]:
@@ -343,4 +337,4 @@ def sync(run_dir: Path, uri: str | None = None) -> tuple[str, int, int]:
                 tracker.journal.mark_sent(record["seq"])
                 sent, progress = sent + 1, True
     left = sum(len(t.journal.unsent()) for t in trackers)
-    return (trackers[0].uri if trackers else default_tracking_uri(run_dir, uri)), sent, left
+    return split_userinfo(default_tracking_uri(run_dir, uri))[0], sent, left

@@ -99,7 +99,7 @@ class Trainer:
             self.stats = StepStats(self.device, self.world, cfg.optim.spike_factor)
             self._announce()
         except BaseException as err:
-            self.tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED", cfg.tracking.wait_s)
+            self.tracker.close(cfg.tracking.wait_s, err)
             raise
 
     def _build_engine(self) -> None:
@@ -353,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             stopped_by = trainer.fit()
         except BaseException as err:  # the MLflow run says how it ended; the error goes on to the guard
-            trainer.tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED",
-                                trainer.cfg.tracking.wait_s)
+            trainer.tracker.close(trainer.cfg.tracking.wait_s, err)
             raise
         return 3 if stopped_by and stopped_by.startswith("bad loss") else 0
 
