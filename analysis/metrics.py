@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.console import log
 from analysis.baseline import BaselineCache
 from analysis.plots import token_report
 from analysis.tokenstats import FUNCTION_WORDS, Vocab, summarize, table_frame
@@ -73,7 +74,7 @@ class TokenStats:
                 continue
             base = self.cache.load(name, r.targets)
             if base is None:
-                print(f"[odyssey] no step-0 baseline cached for '{name}' matching this eval set; token stats skipped")
+                log(f"no step-0 baseline cached for '{name}' matching this eval set; token stats skipped")
                 continue
             summary = summarize(r.targets, base, r.losses, self.vocab, self.top_k)
             metrics[f"tokens/{name}/topk_share"] = summary["topk_share"]

@@ -50,14 +50,16 @@ def worker(args) -> None:
 
     from trainer.config import config_from_dict
     from trainer.data import check_domains, open_eval_sets
-    from trainer.engine import build_engine, fill_ds_config, init_distributed
+    from trainer.dist import init_distributed
+    from trainer.engine import build_engine, fill_ds_config
     from trainer.evaluate import evaluate
     from trainer.model import load_model, load_tokenizer
     from analysis.plots import token_report
     from analysis.tokenstats import Vocab, summarize, table_frame
     from data_prep.manifest import tokenizer_fingerprint
 
-    rank, world, dev = init_distributed()
+    dist = init_distributed()
+    rank, world = dist.rank, dist.world
     cfg = config_from_dict({"model": {"path": args.model}, "data": {"streams": [{"name": "code", "path": args.domain}]},
                             "run": {"out_dir": args.tmp, "max_steps": 1}})
     tok = load_tokenizer(cfg.model)
@@ -65,14 +67,14 @@ def worker(args) -> None:
     engine, *_ = build_engine(cfg, fill_ds_config(cfg, world, 576), lambda: load_model(cfg.model), 1)
     sets = open_eval_sets(domains, "test")
     vocab = Vocab.from_tokenizer(tok) if rank == 0 else None
-    base = evaluate(engine, sets, rank, world, args.micro_batch, args.samples, dev, per_token=True)["code"]
+    base = evaluate(engine, sets, dist, args.micro_batch, args.samples, per_token=True)["code"]
     times = {"loss_only": [], "token_stats": [], "report": []}
     for _ in range(REPEATS):
         t0 = time.perf_counter()
-        evaluate(engine, sets, rank, world, args.micro_batch, args.samples, dev)
+        evaluate(engine, sets, dist, args.micro_batch, args.samples)
         times["loss_only"].append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        r = evaluate(engine, sets, rank, world, args.micro_batch, args.samples, dev, per_token=True)["code"]
+        r = evaluate(engine, sets, dist, args.micro_batch, args.samples, per_token=True)["code"]
         if rank == 0:
             s = summarize(r.targets, base.losses, r.losses * np.float32(1.01), vocab)
             table_frame(s, vocab).to_parquet(Path(args.tmp) / "t.parquet")

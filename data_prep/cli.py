@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from data_prep import console
 from data_prep.config import ConfigError, Section, read_yaml, validate
 from data_prep.text_files import BOUNDARIES
 
@@ -26,9 +27,10 @@ from data_prep.text_files import BOUNDARIES
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prep", help="tokenize, pack and shard domain sources; validate prepared domains",
                        description="Tokenize a domain source, pack it to seq_len with EOS between documents, split "
-                                   "train/val/test by document hash, and write MDS shards plus manifest.json.")
+                                   "train/val/test as the source splits them (else by document hash), and write MDS "
+                                   "shards plus manifest.json (docs/PREP.md).")
     p.add_argument("source", nargs="?", help="folder of text files, .jsonl[.gz|.zst], .parquet, a HF save_to_disk "
-                                            "folder, or hf://NAME[@split] (datasets.load_dataset)")
+                                            "folder, or hf://NAME_OR_FOLDER[:CONFIG][@SPLIT] (datasets.load_dataset)")
     p.add_argument("--config", help="YAML listing many domains (see docs/PREP.md)")
     p.add_argument("--task", metavar="YAML", help="task data for fine-tuning (docs/PREP.md, data_prep/tasks.py): "
                                                   "examples → shards of input_ids + labels")
@@ -132,14 +134,14 @@ def _validate(dirs: list[str], tokenizer: str | None) -> int:
         domains += [d] if (d / MANIFEST).is_file() or not d.is_dir() else sorted(
             p for p in d.iterdir() if (p / MANIFEST).is_file())
     if not domains:
-        print(f"odyssey: error: no prepared domain under {' '.join(dirs)}")
+        console.error(f"no prepared domain under {' '.join(dirs)}")
         return 2
     bad = 0
     for d in domains:
         problems = validate_domain(d, deep=True, fingerprint=fp)
-        print(f"{'OK  ' if not problems else 'FAIL'} {d}")
+        console.out(f"{'OK  ' if not problems else 'FAIL'} {d}")
         for line in problems:
-            print(f"     {line}")
+            console.out(f"     {line}")
         bad += bool(problems)
     return 1 if bad else 0
 
@@ -155,7 +157,7 @@ def _prep_tasks(args: argparse.Namespace) -> int:
         m = prepare_task(task, out, tokenizer, overwrite=args.overwrite)
         counts = {s: st["examples"] for s, st in m["splits"].items()}
         dropped = sum(st["dropped"] for st in m["splits"].values())
-        print(f"prepared task '{task.name}' in {out}/{task.name} ({m['seconds']}s): examples {json.dumps(counts)}"
+        console.out(f"prepared task '{task.name}' in {out}/{task.name} ({m['seconds']}s): examples {json.dumps(counts)}"
               + (f", {dropped} dropped (target longer than max_len)" if dropped else ""))
     return 0
 
@@ -184,6 +186,6 @@ def run_prep(args: argparse.Namespace) -> int:
                            prep_options(spec, args.quiet))
         summary = {s: {k: v for k, v in st.items() if k in ("docs", "samples", "tokens")}
                    for s, st in m["splits"].items()}
-        print(f"prepared domain '{m['domain']}' in {spec['out']}/{m['domain']} ({m['seconds']}s, "
+        console.out(f"prepared domain '{m['domain']}' in {spec['out']}/{m['domain']} ({m['seconds']}s, "
               f"{m['tokens_per_s']:,} tok/s): {json.dumps(summary)}")
     return 0

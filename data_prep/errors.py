@@ -7,9 +7,9 @@ and `python -m trainer.train` under a launcher) uses the same guard without impo
 """
 from __future__ import annotations
 
-import os
-import sys
 from typing import Callable
+
+from data_prep import console
 
 
 class OdysseyError(Exception):
@@ -27,6 +27,6 @@ def guarded(fn: Callable[[], int | None]) -> int:
     try:
         return fn() or 0
     except OdysseyError as err:
-        if int(os.environ.get("RANK", "0")) == 0 or err.rank_local:
-            print(f"odyssey: error: {err}", file=sys.stderr, flush=True)
+        if console.rank() == 0 or err.rank_local:
+            console.error(str(err))
         return 2

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from data_prep import console
+
 SECRET_WORDS = {"KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "CREDENTIALS", "APIKEY"}
 MIN_SECRET_LEN = 4  # shorter values ("1", "yes") would blank out ordinary text
 MASK = "***"
@@ -115,8 +117,8 @@ def load_env_file(path: str | None) -> None:
     try:
         saved = json.loads(Path(path).read_text())
     except (OSError, ValueError) as err:
-        print(f"odyssey: error: the launch's secrets file {path} cannot be read ({getattr(err, 'strerror', None) or err})"
-              f"; is the run folder on a filesystem every node shares?", file=sys.stderr, flush=True)
+        console.error(f"the launch's secrets file {path} cannot be read ({getattr(err, 'strerror', None) or err})"
+                      f"; is the run folder on a filesystem every node shares?")
         raise SystemExit(2) from None
     for k, v in saved.items():
         os.environ.setdefault(k, v)
@@ -126,7 +128,7 @@ def main() -> int:
     """`python -m data_prep.redact`: a filter, stdin to stdout with secrets masked line by line (launch scripts pipe
     their logs through it). `--env-file PATH`: write_env_file, printing the shell lines to eval."""
     if sys.argv[1:2] == ["--env-file"]:
-        print(write_env_file(Path(sys.argv[2])))
+        console.out(write_env_file(Path(sys.argv[2])))
         return 0
     load_env_file(os.environ.get("ODYSSEY_SECRETS_FILE"))  # a launcher unset them here and kept them in that file
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launch it filters decides when to stop; the filter reads on

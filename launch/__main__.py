@@ -2,10 +2,11 @@
 or of the folder that holds them."""
 import sys
 
+from data_prep import console
 from launch import script
 
 try:
-    print(script(sys.argv[1] if len(sys.argv) > 1 else ""))
+    console.out(str(script(sys.argv[1] if len(sys.argv) > 1 else "")))
 except FileNotFoundError as err:
-    print(f"odyssey: error: {err}", file=sys.stderr)
+    console.error(str(err))
     sys.exit(2)

@@ -8,7 +8,7 @@
 #   HOSTS          comma-separated hosts; the first is the master      HOSTFILE  an existing deepspeed hostfile
 #   SLOTS          ranks per host with HOSTS (default: GPUs on this node, else 1)
 #   MASTER_ADDR    rendezvous address (default: the first host's IP; a loopback head with remote workers is refused)
-#   MASTER_PORT    rendezvous port (default 29500)
+#   MASTER_PORT    rendezvous port (default: launch/hostfile.py's master_port, 29500)
 #   SSH_PORT       sshd port on the nodes (--ssh_port: used by the runner's ssh check and by pdsh)
 #   PDSH_SSH_ARGS_APPEND  extra ssh options for pdsh, e.g. "-i ~/.ssh/cluster_key"
 #   FORWARD_ENV    more variable names to carry to every rank (space-separated)
@@ -41,7 +41,8 @@ elif [[ -n "${HOSTS:-}" ]]; then
 else
   die "set HOSTS=host1,host2 or HOSTFILE=path"
 fi
-export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-29500}
+MASTER_PORT=${MASTER_PORT:-$("$PYTHON" -m launch.hostfile --hosts "$HOSTS" --master-port)}
+export MASTER_ADDR MASTER_PORT
 
 # Every host must take a key login before pdsh starts anything: the runner itself only checks the first one.
 ssh_opts=(-o BatchMode=yes -o ConnectTimeout=10 ${SSH_PORT:+-p "$SSH_PORT"})

@@ -3,6 +3,7 @@
     python -m launch.hostfile --hosts node1,node2 --slots 8 --out hostfile     # prints MASTER_ADDR=...
     python -m launch.hostfile --from-slurm --slots 8 --out hostfile            # inside an allocation
     python -m launch.hostfile --from-slurm --master-addr                       # only the address
+    python -m launch.hostfile --from-slurm --master-port                       # only the port (this job's)
 
 The master address is the first host's IP as the *other* nodes see it. A head node whose own name resolves to a
 loopback address (Debian's `127.0.1.1 <hostname>` line in /etc/hosts) is the classic multi-node hang: every rank
@@ -16,13 +17,28 @@ import os
 import socket
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+from data_prep import console
 from data_prep.errors import OdysseyError, guarded
+
+
+DEFAULT_PORT = 29500  # torch's and DeepSpeed's rendezvous port
 
 
 class LaunchError(OdysseyError, RuntimeError):
     """A launch that would fail or hang: one line for the user."""
+
+
+def master_port(job: str | int | None = None) -> int:
+    """The one rule for rendezvous ports, used by the Python side and (through `--master-port`) by the shell scripts.
+    A job alone on its nodes: 29500. A job that may share a node with others passes what names it (a SLURM job id, a
+    study, a process id) and gets a port of its own, 20000 + that number (or a hash of the name) mod 20000."""
+    if job is None:
+        return DEFAULT_PORT
+    number = int(job) if str(job).isdigit() else zlib.crc32(str(job).encode())
+    return 20000 + number % 20000
 
 
 def slurm_hosts(nodelist: str | None = None) -> list[str]:
@@ -88,15 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=None, help="ranks per host (default: GPUs per node, else 1)")
     p.add_argument("--out", help="write the deepspeed hostfile here")
     p.add_argument("--master-addr", action="store_true", help="print only the master address")
+    p.add_argument("--master-port", action="store_true", help="print only the rendezvous port: MASTER_PORT, else "
+                                                              "this SLURM job's (--from-slurm), else the default")
     args = p.parse_args(argv)
     return guarded(lambda: _run(args))
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.master_port:
+        job = os.environ.get("SLURM_JOB_ID") if args.from_slurm else None
+        console.out(os.environ.get("MASTER_PORT") or str(master_port(job)))
+        return 0
     hosts = slurm_hosts() if args.from_slurm else [h.strip() for h in args.hosts.split(",") if h.strip()]
     addr = os.environ.get("MASTER_ADDR") or master_addr(hosts)
     if args.master_addr:
-        print(addr)
+        console.out(addr)
         return 0
     text = hostfile_text(hosts, args.slots or default_slots())
     if args.out:
@@ -105,7 +127,7 @@ def _run(args: argparse.Namespace) -> int:
         tmp.replace(args.out)
     else:
         sys.stdout.write(text)
-    print(f"MASTER_ADDR={addr}", file=sys.stdout if args.out else sys.stderr)
+    console.out(f"MASTER_ADDR={addr}", stderr=not args.out)
     return 0
 
 

@@ -1,9 +1,9 @@
 """`odyssey VERB ...`: each package adds its own verbs; this file only composes them under one parser and runs the
 chosen one behind the one error guard (a known bad input: one line on stderr, exit 2).
 
-    prep                     data_prep/cli.py
-    train, eval, export      trainer/cli.py
-    study, similarity        study/cli.py
+    prep                                                        data_prep/cli.py
+    train, finetune, eval, export, evaluate-tasks, sync         trainer/cli.py
+    study, similarity                                           study/cli.py
 """
 from __future__ import annotations
 
@@ -33,9 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONSAFEPATH", "1")
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")  # say it, instead of DeepSpeed warning that it guessed
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    return guarded(lambda: args.func(args))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`odyssey ARGV` as main reads it (the docs test checks every documented command with it); a bad argument is
+    argparse's usage line and exit 2."""
     # under the deepspeed launcher (`deepspeed --module odyssey eval ...`) every rank also gets --local_rank=N;
     # the rank's LOCAL_RANK variable says the same
-    argv = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--local_rank")]
+    argv = [a for a in argv if not a.startswith("--local_rank")]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if getattr(args, "takes_overrides", False):
@@ -46,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return guarded(lambda: args.func(args))
+    return args
 
 
 if __name__ == "__main__":

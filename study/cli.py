@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from data_prep import console
+
 
 def add_parser(sub) -> None:
     st = sub.add_parser("study", help="one run per domain + the analysis across domains",
-                        description="Run a continued-pretraining study from STUDY.yaml (study/config.py, "
-                                    "docs/STUDY.md).")
+                        description="Run a study from STUDY.yaml: one continued-pretraining run per model and "
+                                    "domain, then similarity, correlation, token attribution and a report. The "
+                                    "file: docs/CONFIG.md (Study file); what it measures and the paper's study: "
+                                    "docs/ANALYSIS.md; on SLURM: docs/LAUNCH.md; `kind: tasks`: docs/TASKS.md.")
     st.add_argument("study")
     part = st.add_mutually_exclusive_group()  # the parts a SLURM job array runs (launch/slurm/submit_study.sh)
     part.add_argument("--list", action="store_true", help="print the runs (domain, or model/domain with several "
@@ -49,13 +53,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     if task_study is not None:
         return cmd_task_study(args, task_study)
     if args.list:
-        print("\n".join(load_study(args.study).run_keys))
+        console.out("\n".join(load_study(args.study).run_keys))
     elif args.dry_run:
         return dry_run(args)
     elif args.setup:
         runs.setup_study(args.study)[1].drain()  # the parent run stays open for the array and the aggregation
     elif args.config_for is not None:
-        print(runs.domain_config(args.study, args.config_for))
+        console.out(runs.domain_config(args.study, args.config_for))
     elif args.aggregate:
         runs.aggregate_study(args.study)
     else:
@@ -80,9 +84,9 @@ def cmd_task_study(args: argparse.Namespace, study) -> int:
         raise ConfigError("--dry-run plans continued-pretraining studies; for a task study use odyssey finetune "
                           "--dry-run on a run config (--setup writes them under configs/)")
     if args.list:
-        print("\n".join(study.run_keys))
+        console.out("\n".join(study.run_keys))
     elif args.config_for is not None:
-        print(task_study.run(args.study, study, "config-for", args.config_for))
+        console.out(task_study.run(args.study, study, "config-for", args.config_for))
     else:
         task_study.run(args.study, study, "setup" if args.setup else "aggregate" if args.aggregate else None)
     return 0
@@ -123,5 +127,5 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     log_similarity(tracker, result, [out, png])
     tracker.end()
     print_table(result)
-    print(f"wrote {out} and {png}; MLflow run {tracker.run_id} at {tracker.uri}")
+    console.out(f"wrote {out} and {png}; MLflow run {tracker.run_id} at {tracker.uri}")
     return 0

@@ -18,7 +18,7 @@ each source once per tokenizer (study/prep.py), under `prep.out`, keyed by the t
       - {name: gpt2, path: openai-community/gpt2, reference: {name: owt, source: data/owt_sample/}}
       - {name: olmo-1b, path: allenai/OLMo-1B-hf, reference: {name: dolma, source: data/dolma_sample/}}
     prep: {seq_len: 1024}
-    domains: [{name: culture, source: m2d2/Culture_and_the_arts.tar.gz}]
+    domains: [{name: culture, source: m2d2/Culture_and_the_arts.tar.gz}, {name: math, source: m2d2/math.tar.gz}]
 """
 from __future__ import annotations
 

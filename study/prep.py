@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from data_prep.cli import prep_options
+from data_prep.console import log
 from data_prep.manifest import ManifestError, read_manifest, tokenizer_fingerprint
 from data_prep.prepare import prepare_domain
 from data_prep.sources import source_kind
@@ -55,7 +56,7 @@ def planned_paths(study: StudyCfg, model: StudyModel, fp: dict | None) -> dict[s
     return paths
 
 
-def model_paths(study: StudyCfg, model: StudyModel, tokenizer=None, say=print) -> dict[str, Path]:
+def model_paths(study: StudyCfg, model: StudyModel, tokenizer=None) -> dict[str, Path]:
     """planned_paths, preparing (or reusing) what comes from raw sources."""
     sources = [d for d in study.domains + [model.reference] if d.source is not None]
     if sources and tokenizer is None:
@@ -66,12 +67,13 @@ def model_paths(study: StudyCfg, model: StudyModel, tokenizer=None, say=print) -
         spec, root = prep_spec(study, dom, fp), paths[dom.name].parent
         if _prepared(root, dom.name) == spec:
             continue
-        say(f"preparing {dom.name} for model {model.name} ({fp['name']}, seq_len {spec['seq_len']}) in {root}")
+        log(f"preparing {dom.name} for model {model.name} ({fp['name']}, seq_len {spec['seq_len']}) in {root}",
+            tag="study")
         opts = prep_options({**spec, "workers": study.prep.workers, "overwrite": True}, quiet=True)
         m = prepare_domain(dom.source, root, dom.name, model.tokenizer or model.path, spec["seq_len"], opts)
         (root / f"{dom.name}.{SPEC}").write_text(json.dumps(spec, indent=2))
-        say(f"prepared {dom.name}: {m['splits']['train']['tokens']:,} train tokens "
-            f"({m['splits']['test']['samples']} test samples) from {m['splits_from']} splits")
+        log(f"prepared {dom.name}: {m['splits']['train']['tokens']:,} train tokens "
+            f"({m['splits']['test']['samples']} test samples) from {m['splits_from']} splits", tag="study")
     return paths
 
 

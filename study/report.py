@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from data_prep import console
 from data_prep.similarity import MEASURES  # noqa: E402
 from study.findings import findings  # noqa: E402
 from study.report_html import section, write_html  # noqa: E402
@@ -144,16 +145,16 @@ def log_metrics(tracker, rows: list[dict], corr_all: dict, primary: str, per_mod
 
 def print_summary(rows: list[dict], primary: str, pooled: dict, per_model: dict) -> None:
     width = max(12, *(len(r["label"]) for r in rows))
-    print(f"\n{'run':<{width}} {primary:>12} {'ppl@0':>8} {'ppl@last':>9} {'Δppl':>8}  top-5 degrading tokens")
+    console.out(f"\n{'run':<{width}} {primary:>12} {'ppl@0':>8} {'ppl@last':>9} {'Δppl':>8}  top-5 degrading tokens")
     for r in rows:
-        print(f"{r['label']:<{width}} {r['similarity'][primary]:>12.4g} {r['ppl0']:>8.2f} {r['ppl_last']:>9.2f} "
+        console.out(f"{r['label']:<{width}} {r['similarity'][primary]:>12.4g} {r['ppl0']:>8.2f} {r['ppl_last']:>9.2f} "
               f"{r['delta_ppl']:>+8.2f}  {' | '.join(r['top5'])}")
     groups = {"": pooled} if len(per_model) == 1 else {"all models, pooled: ": pooled, **{
         f"model {n}: ": a for n, a in per_model.items()}}
     for title, a in groups.items():
         c = a["correlations"][primary]
-        print(f"\n{title}{primary} vs Δppl: Pearson r {c['pearson_r']:.3f} (p {c['pearson_p']:.3g}), "
+        console.out(f"\n{title}{primary} vs Δppl: Pearson r {c['pearson_r']:.3f} (p {c['pearson_p']:.3g}), "
               f"Spearman rho {c['spearman_rho']:.3f} (p {c['spearman_p']:.3g})")
-        print(f"{title}the paper's findings, tested here:")
+        console.out(f"{title}the paper's findings, tested here:")
         for i, text in enumerate(a["findings"], 1):
-            print(f"{i}. {text}")
+            console.out(f"{i}. {text}")

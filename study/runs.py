@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.console import log
 from data_prep.errors import OdysseyError
 from data_prep.manifest import tokenizer_fingerprint
 from data_prep.similarity import SampleCfg
@@ -57,14 +58,14 @@ def setup_study(path: str | Path) -> tuple[StudyCfg, Tracker, dict[str, dict]]:
     out = study.out
     out.mkdir(parents=True, exist_ok=True)
     tokenizers = {m.name: model_tokenizer(m) for m in study.model_list}  # a bad source fails before any MLflow run
-    paths = {m.name: model_paths(study, m, tokenizers[m.name], say) for m in study.model_list}
+    paths = {m.name: model_paths(study, m, tokenizers[m.name]) for m in study.model_list}
     state_path = out / "study_state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
     tracker = Tracker(out, study.name, enabled=True)
     state["parent_run_id"] = tracker.start(study.name, state.get("parent_run_id"), tags={"study": study.name},
                                            wait=True)
     state_path.write_text(json.dumps(state, indent=2))
-    say(f"study {study.name}: parent MLflow run {tracker.run_id} at {tracker.uri}")
+    log(f"study {study.name}: parent MLflow run {tracker.run_id} at {tracker.uri}", tag="study")
     similarity, measured = {}, {}
     for model in study.model_list:
         for dom in study.domains:  # each run config is validated here, before any training
@@ -87,7 +88,8 @@ def model_similarity(study: StudyCfg, model: StudyModel, paths: dict[str, Path],
         if key in measured:
             shutil.copytree(measured[key], sim_path.parent, dirs_exist_ok=True)
         else:
-            say(f"similarity of each domain to {model.reference.name}, the reference of {model.name}")
+            log(f"similarity of each domain to {model.reference.name}, the reference of {model.name}",
+                tag="study")
             s = study.similarity
             measure(paths[model.reference.name], {d.name: paths[d.name] for d in study.domains},
                     model.tokenizer or model.path, s.embedder,
@@ -117,7 +119,7 @@ def send_journals(out: Path, keys: list[str]) -> None:
             continue
         uri, sent, left = sync(run_dir)
         if sent:
-            say(f"{key}: sent {sent} MLflow call(s) its training could not send")
+            log(f"{key}: sent {sent} MLflow call(s) its training could not send", tag="study")
         if left:
             raise StudyError(f"{key}: {left} MLflow call(s) still unsent ({uri} unreachable); the aggregation needs "
                              f"them: run `odyssey sync {run_dir}` once the server is back, then aggregate again")
@@ -137,10 +139,10 @@ def train_each(out: Path, keys: list[str], nproc: int, tracker: Tracker) -> None
 
     for key in keys:
         if finished(out, key):
-            say(f"{key}: finished earlier, skipped")
+            log(f"{key}: finished earlier, skipped", tag="study")
             continue
         resume = "auto" if (out / "runs" / key / "checkpoints").is_dir() else None
-        say(f"{key}: training ({'resuming' if resume else 'fresh'}), {nproc} rank(s)")
+        log(f"{key}: training ({'resuming' if resume else 'fresh'}), {nproc} rank(s)", tag="study")
         try:
             rc = launch_local(str(config_path(out, key)), [], nproc, resume)
         except OdysseyError:  # the checks before any rank starts: one line that names the problem
@@ -160,7 +162,7 @@ def finish_study(study: StudyCfg, tracker: Tracker, similarity: dict[str, dict])
     send_journals(study.out, study.run_keys)
     summary = aggregate(study, similarity, MlflowClient(tracker.uri), tracker)
     tracker.end("FINISHED")
-    say(f"report: {study.out / 'report' / 'index.html'}")
+    log(f"report: {study.out / 'report' / 'index.html'}", tag="study")
     return summary
 
 
@@ -190,7 +192,3 @@ def run_config_for(out: Path, names: list[str], which: str, path: str | Path) ->
     if not cfg.is_file():
         raise StudyError(f"{cfg} not found: run `odyssey study {path} --setup` first")
     return cfg
-
-
-def say(msg: str) -> None:
-    print(f"[study] {msg}", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from data_prep import console
 from analysis.plots import similarity_heatmaps
 from data_prep.similarity import MEASURES, Embedder, SampleCfg, compute, default_embedder_path, write
 from data_prep.tokenize import load_tokenizer
@@ -30,6 +31,6 @@ def log_similarity(tracker, result: dict, files: list[Path], prefix: str = "") -
 
 def print_table(result: dict) -> None:
     width = max(len(d) for d in result["to_reference"])
-    print(f"{'domain':<{width}}  " + "  ".join(f"{m:>14}" for m in MEASURES))
+    console.out(f"{'domain':<{width}}  " + "  ".join(f"{m:>14}" for m in MEASURES))
     for d, ms in result["to_reference"].items():
-        print(f"{d:<{width}}  " + "  ".join(f"{ms[m]:>14.4g}" for m in MEASURES))
+        console.out(f"{d:<{width}}  " + "  ".join(f"{ms[m]:>14.4g}" for m in MEASURES))

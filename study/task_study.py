@@ -17,11 +17,12 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.console import log
 from data_prep.manifest import read_manifest, tokenizer_fingerprint
 from data_prep.task_sources import source_stamp
 from data_prep.tasks import TaskCfg, prepare_task
 from study.prep import fingerprint_key
-from study.runs import StudyError, config_path, finished, run_config_for, say, send_journals, train_each
+from study.runs import StudyError, config_path, finished, run_config_for, send_journals, train_each
 from study.task_config import TaskStudyCfg
 from trainer.config import config_from_dict
 from trainer.model import load_tokenizer
@@ -40,7 +41,7 @@ def prepared(study: TaskStudyCfg) -> dict[str, Path]:
         if not (current and current.get("task") == task.model_dump(mode="json")
                 and fingerprint_key(current["tokenizer"]) == fingerprint
                 and current.get("source_stamp") == json.loads(json.dumps(source_stamp(task.source)))):
-            say(f"preparing task {key} ({task.source})")
+            log(f"preparing task {key} ({task.source})", tag="study")
             prepare_task(task, study.prep_out, study.model.tokenizer or study.model.path, overwrite=True)
         paths[key] = folder
     return paths
@@ -77,7 +78,8 @@ def setup(path: str | Path, study: TaskStudyCfg) -> tuple[Tracker, dict[str, Pat
     state["parent_run_id"] = tracker.start(study.name, state.get("parent_run_id"),
                                            tags={"study": study.name, "kind": "tasks"}, wait=True)
     state_path.write_text(json.dumps(state, indent=2))
-    say(f"task study {study.name}: {len(study.run_keys)} runs; parent MLflow run {tracker.run_id} at {tracker.uri}")
+    log(f"task study {study.name}: {len(study.run_keys)} runs; parent MLflow run {tracker.run_id} at {tracker.uri}",
+        tag="study")
     for key, task, k in study.variants():
         cfg = config_path(out, key)
         cfg.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +109,7 @@ def matrix_file(study: TaskStudyCfg, paths: dict[str, Path], tracker: Tracker) -
 def aggregate(study: TaskStudyCfg, tracker: Tracker, paths: dict[str, Path]) -> dict:
     """The matrix (a child run), then its results, the runs' curves and the report into the parent run."""
     from study.task_report import write_report
+    from launch.hostfile import master_port
     from trainer.cli import deepspeed_launch
     from trainer.task_matrix import export_runs, load_matrix, log_matrix
 
@@ -116,8 +119,8 @@ def aggregate(study: TaskStudyCfg, tracker: Tracker, paths: dict[str, Path]) -> 
     send_journals(study.out, study.run_keys)
     matrix = matrix_file(study, paths, tracker)
     export_runs(load_matrix(str(matrix)))
-    say(f"scoring the matrix: {matrix}")
-    rc = deepspeed_launch("trainer.task_matrix", [str(matrix)], study.nproc, 29500 + (hash(study.name) % 1000)) \
+    log(f"scoring the matrix: {matrix}", tag="study")
+    rc = deepspeed_launch("trainer.task_matrix", [str(matrix)], study.nproc, master_port(study.name)) \
         if study.nproc > 1 else subprocess.call([sys.executable, "-m", "trainer.task_matrix", str(matrix)])
     if rc:
         tracker.end("FAILED")
@@ -127,7 +130,7 @@ def aggregate(study: TaskStudyCfg, tracker: Tracker, paths: dict[str, Path]) -> 
     log_matrix(tracker, result["cells"], result, files)
     report = write_report(study, result, tracker)
     tracker.end("FINISHED")
-    say(f"report: {report}")
+    log(f"report: {report}", tag="study")
     return result
 
 

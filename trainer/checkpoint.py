@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from data_prep.errors import OdysseyError
+from trainer.dist import Dist
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -124,10 +124,10 @@ def _seal(folder: Path, names: list[str]) -> dict[str, list]:
 
 
 def _gather(obj, world: int) -> list:
-    if world == 1 or not dist.is_initialized():
+    if world == 1 or not torch.distributed.is_initialized():
         return [obj]
     out = [None] * world
-    dist.all_gather_object(out, obj)
+    torch.distributed.all_gather_object(out, obj)
     return out
 
 
@@ -139,7 +139,7 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def check_room(root: Path, step: int, rank: int, world: int, device) -> None:
+def check_room(root: Path, step: int, dist: Dist) -> None:
     """Before a save, every rank agrees whether the disk can hold another checkpoint the size of the last one (the
     common full-disk case ends cleanly on every rank, before anything is written)."""
     try:
@@ -148,9 +148,9 @@ def check_room(root: Path, step: int, rank: int, world: int, device) -> None:
         free = _free_bytes(root)
     except (OSError, ValueError, KeyError):  # unmeasurable here: the save itself will say what is wrong
         last, need, free = "", 0, 1
-    short = torch.tensor([float(need > free)], device=device)
-    if world > 1 and dist.is_initialized():
-        dist.all_reduce(short, op=dist.ReduceOp.MAX)
+    short = torch.tensor([float(need > free)], device=dist.device)
+    if dist.world > 1 and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(short, op=torch.distributed.ReduceOp.MAX)
     if short.item():
         raise CheckpointError(f"no room to save step {step} in {root}: {_size(free)} free, the last checkpoint "
                               f"({last}) took {_size(need)}; free space (checkpoint.keep_last) and --resume auto "
@@ -175,10 +175,10 @@ def _attempt(fn, *args, **kwargs) -> tuple[object, str | None]:
         return None, _reason(err)
 
 
-def _agree(problem: str | None, rank: int, world: int, value=None) -> tuple[str | None, list]:
+def _agree(problem: str | None, dist: Dist, value=None) -> tuple[str | None, list]:
     """Every rank learns the first failure of any rank ("rank R: why"), so that all of them stop together instead of
     the others waiting in the next collective until the launcher kills them; and every rank's `value`."""
-    parts = _gather((f"rank {rank}: {problem}" if problem else None, value), world)
+    parts = _gather((f"rank {dist.rank}: {problem}" if problem else None, value), dist.world)
     return next((p for p, _ in parts if p), None), [v for _, v in parts]
 
 
@@ -205,7 +205,7 @@ def _write_complete(root: Path, folder: Path, sealed: list[dict], marker: dict) 
     write_durable(root / LATEST, folder.name)
 
 
-def _deepspeed_save(engine, folder: Path, rank: int, world: int) -> str | None:
+def _deepspeed_save(engine, folder: Path, dist: Dist) -> str | None:
     """DeepSpeed's sharded save on this rank. A write that fails is noted rather than raised inside DeepSpeed, whose
     save goes on through its own collectives (ZeRO-3 gathers parameters after the writes, then a barrier), so a rank
     with a full disk still meets the others there; the ranks agree after it. Returns the first failed write."""
@@ -223,10 +223,10 @@ def _deepspeed_save(engine, folder: Path, rank: int, world: int) -> str | None:
     try:
         engine.save_checkpoint(str(folder.parent), tag=folder.name, client_state={}, save_latest=False)
     except (OSError, RuntimeError) as err:  # outside the writes (say the copy of zero_to_fp32.py)
-        if world == 1:
+        if dist.world == 1:
             return _reason(err)
         # the other ranks may wait in one of DeepSpeed's collectives: this rank says why, the launcher ends the rest
-        raise CheckpointError(f"rank {rank}: saving {folder} failed ({_reason(err)}); the previous checkpoint is "
+        raise CheckpointError(f"rank {dist.rank}: saving {folder} failed ({_reason(err)}); the previous checkpoint is "
                               f"intact (--resume auto)", rank_local=True) from None
     finally:
         if own:
@@ -236,25 +236,26 @@ def _deepspeed_save(engine, folder: Path, rank: int, world: int) -> str | None:
     return failed[0] if failed else None
 
 
-def save(engine, root: Path, step: int, client_state: dict, rank: int, world: int) -> tuple[Path, float]:
+def save(engine, root: Path, step: int, client_state: dict, dist: Dist) -> tuple[Path, float]:
     """Every rank writes its shards, then fsyncs and hashes its own files; rank 0 writes COMPLETE with all of them,
     then `latest`. The ranks agree after each part, so a failure on any rank (a full disk, any error) ends the save
     on all of them with the same line. Returns the folder and the seconds the save took."""
     t0 = time.time()
     folder = root / tag_for(step)
-    check_room(root, step, rank, world, engine.device)
-    problem, _ = _agree(_attempt(_fresh_folder, folder)[1] if rank == 0 else None, rank, world)
+    rank, world = dist.rank, dist.world
+    check_room(root, step, dist)
+    problem, _ = _agree(_attempt(_fresh_folder, folder)[1] if rank == 0 else None, dist)
     if not problem:
-        local = _deepspeed_save(engine, folder, rank, world) or _attempt(_write_own_state, folder, rank, client_state)[1]
-        problem, _ = _agree(local, rank, world)
+        local = _deepspeed_save(engine, folder, dist) or _attempt(_write_own_state, folder, rank, client_state)[1]
+        problem, _ = _agree(local, dist)
     if not problem:  # every rank's files are there: each seals the ones it wrote
         sealed, local = _attempt(lambda: _seal(folder, [n for n in _files(folder) if _owner(n) % world == rank]))
-        problem, sealed = _agree(local, rank, world, sealed)
+        problem, sealed = _agree(local, dist, sealed)
     if not problem:
         marker = {"step": step, "world_size": world, "time": time.time(), "save_s": round(time.time() - t0, 3),
                   "tokens_seen": client_state.get("tokens_seen"), "mlflow_run_id": client_state.get("mlflow_run_id")}
         local = _attempt(_write_complete, root, folder, sealed, marker)[1] if rank == 0 else None
-        problem, _ = _agree(local, rank, world)
+        problem, _ = _agree(local, dist)
     if problem:
         if rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
@@ -296,20 +297,21 @@ def set_aside_newer(root: Path, tag: str) -> Path | None:
     return dest
 
 
-def check_shared(run_dir: Path, rank: int, world: int, device) -> None:
+def check_shared(run_dir: Path, dist: Dist) -> None:
     """Every rank must see the run folder rank 0 writes (checkpoint shards, COMPLETE): a folder local to each node
     would leave checkpoints that no node holds whole. Rank 0 leaves a file there, the others look for it."""
-    if world == 1 or not dist.is_initialized():
+    if dist.world == 1 or not torch.distributed.is_initialized():
         return
+    rank, device = dist.rank, dist.device
     stamp = time.time_ns()
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / f".shared-{stamp}").write_text("")
     shared = torch.tensor([stamp if rank == 0 else 0], dtype=torch.int64, device=device)
-    dist.broadcast(shared, src=0)  # rank 0 enters it after writing the probe
+    torch.distributed.broadcast(shared, src=0)  # rank 0 enters it after writing the probe
     probe = run_dir / f".shared-{int(shared.item())}"
     missing = torch.tensor([float(rank if not probe.is_file() else 0)], device=device)
-    dist.all_reduce(missing, op=dist.ReduceOp.MAX)
+    torch.distributed.all_reduce(missing, op=torch.distributed.ReduceOp.MAX)
     if rank == 0:
         probe.unlink(missing_ok=True)
     if missing.item():
@@ -324,14 +326,14 @@ def check_fresh_start(root: Path) -> None:
                               f"or choose another run.name / run.out_dir")
 
 
-def starting_tag(root: Path, resume: str | None, rank: int, world: int, fast: bool = False) -> str:
+def starting_tag(root: Path, resume: str | None, dist: Dist, fast: bool = False) -> str:
     """The checkpoint a run starts from, verified ('' for a fresh start, which must not overwrite checkpoints)."""
     if not resume:
         check_fresh_start(root)
         return ""
     tag = resolve(root, resume)
     if tag:
-        verify(root, tag, world, fast=fast, rank=rank)
+        verify(root, tag, dist.world, fast=fast, rank=dist.rank)
     return tag
 
 
@@ -386,7 +388,7 @@ def verify(root: Path, tag: str, world: int | None = None, fast: bool = False, r
     if CLIENT_STATE not in marker.get("files", {}):
         raise CheckpointError(f"{folder}: saved by an older Odyssey (no {CLIENT_STATE}); export it and start a new "
                               f"run from the export")
-    share = (share or world or 1) if dist.is_initialized() else 1
+    share = (share or world or 1) if torch.distributed.is_initialized() else 1
     names = sorted(marker["files"])[rank::share]
     problems = [p for n in names if (p := _file_problem(folder, n, *marker["files"][n], fast))]
     problems = [p for part in _gather(problems, share) for p in part]

@@ -11,20 +11,20 @@ baseline (computed and cached here if missing).
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
+from data_prep.console import log
 from analysis.metrics import baseline_from_cache
 from data_prep.manifest import tokenizer_fingerprint
 from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
 from trainer.config import Config, config_from_dict
 from trainer.data import check_domains, open_eval_sets
-from trainer.engine import init_distributed
+from trainer.dist import init_distributed
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
 from trainer.state import RunState
 from trainer.tracking import Tracker
@@ -55,7 +55,7 @@ def listing(folder: Path, done: set[str], world: int) -> tuple[list, list]:
     return shared[0]
 
 
-def unless_pruned(folder: Path, name: str, rank: int, done: set[str], read):
+def unless_pruned(folder: Path, name: str, done: set[str], read):
     """`read()` of a checkpoint; None when the training job removed it (checkpoint.keep_last) before its turn came,
     which skips it rather than ending the watch."""
     try:
@@ -64,8 +64,7 @@ def unless_pruned(folder: Path, name: str, rank: int, done: set[str], read):
         if (folder / name).exists():
             raise
     done.add(name)
-    if rank == 0:
-        print(f"[odyssey] {name} was removed (checkpoint.keep_last) before it was scored; skipped", flush=True)
+    log(f"{name} was removed (checkpoint.keep_last) before it was scored; skipped")
     return None
 
 
@@ -96,41 +95,39 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
         raise CheckpointError(f"checkpoints folder not found: {folder}")
     cfg = run_config(folder, config)
     cfg.model.dtype = resolve_dtype(cfg.model.dtype)  # the run's dtype, so scores compare with its own evals
-    rank, world, device = init_distributed()  # this rank's GPU where there is one
+    dist = init_distributed()  # this rank's GPU where there is one
     tokenizer = load_tokenizer(cfg.model)
     domains, _ = check_domains(cfg, tokenizer_fingerprint(tokenizer))
-    tracker = Tracker(folder.parent, cfg.tracking.experiment, enabled=rank == 0, uri=cfg.tracking.uri, journal="eval")
-    validator = Validator(cfg, open_eval_sets(domains, cfg.eval.split), rank, world, device, tokenizer, tracker,
-                          folder.parent)
+    tracker = Tracker(folder.parent, cfg.tracking.experiment, enabled=dist.main, uri=cfg.tracking.uri, journal="eval")
+    validator = Validator(cfg, open_eval_sets(domains, cfg.eval.split), dist, tokenizer, tracker, folder.parent)
     done_path = folder / DONE
     done = set(json.loads(done_path.read_text())) if done_path.is_file() and not new_run else set()
     state = RunState()  # baseline and history across the checkpoints; step and tokens_seen per checkpoint
     scored: list[int] = []
     try:
         while True:
-            todo, everything = listing(folder, done, world)
+            todo, everything = listing(folder, done, dist.world)
             for step, name, kind in todo:
-                marker = unless_pruned(folder, name, rank, done, lambda: checkpoint.verify(  # the ranks share it
-                    folder, name, fast=fast, rank=rank, share=world) if kind == "deepspeed" else {})
+                marker = unless_pruned(folder, name, done, lambda: checkpoint.verify(  # the ranks share it
+                    folder, name, fast=fast, rank=dist.rank, share=dist.world) if kind == "deepspeed" else {})
                 if marker is None:
                     continue
                 if tracker.enabled and tracker.run_key is None:
                     tracker.start(f"{cfg.run.name}-eval" if new_run else cfg.tracking.run_name or cfg.run.name,
                                   None if new_run else marker.get("mlflow_run_id"), reopen=False)
                 if state.baseline is None:
-                    score_baseline(validator, state, cfg, device, list(domains), new_run)
+                    score_baseline(validator, state, cfg, dist.device, list(domains), new_run)
                 t0 = time.time()
-                model = unless_pruned(folder, name, rank, done, lambda: load_checkpoint_model(folder, name, kind,
-                                                                                              cfg.model))
+                model = unless_pruned(folder, name, done, lambda: load_checkpoint_model(folder, name, kind, cfg.model))
                 if model is None:
                     continue
                 state.step, state.tokens_seen = step, marker.get("tokens_seen")
-                validator.run(model.to(device, DTYPES[cfg.model.dtype]).eval(), state)
+                validator.run(model.to(dist.device, DTYPES[cfg.model.dtype]).eval(), state)
                 scored.append(step)
                 done.add(name)
-                if rank == 0:
+                if dist.main:
                     done_path.write_text(json.dumps(sorted(done)))
-                    print(f"[odyssey] evaluated {name} (step {step}) in {time.time() - t0:.1f}s", flush=True)
+                    log(f"evaluated {name} (step {step}) in {time.time() - t0:.1f}s")
             finished = until_step is not None and any(s >= until_step for s, _, _ in everything) and \
                 all(c[1] in done for c in everything)
             if not watch or finished:
@@ -156,9 +153,8 @@ def score_baseline(validator: Validator, state: RunState, cfg: Config, device, d
     validator.run(base_model, state)
 
 
-def report(steps: list[int]) -> int:
-    if int(os.environ.get("RANK", "0")):
-        return 0
-    print(f"[odyssey] evaluated {len(steps)} checkpoint(s): steps {steps}" if steps else
-          "[odyssey] no new complete checkpoint to evaluate")
+def announce_scored(steps: list[int]) -> int:
+    """The closing line of `odyssey eval`; its exit code."""
+    log(f"evaluated {len(steps)} checkpoint(s): steps {steps}" if steps else
+        "no new complete checkpoint to evaluate")
     return 0

@@ -8,6 +8,11 @@ import shutil
 import subprocess
 import sys
 
+from data_prep import console
+from launch.hostfile import master_port
+from trainer.args import matrix_arguments, train_arguments
+from trainer.dist import Dist, launched_rank
+
 
 def add_parser(sub) -> None:
     add_train_parser(sub, "train", "train from a YAML config", cmd_train)
@@ -30,16 +35,7 @@ def add_train_parser(sub, name: str, help: str, func) -> None:
                        description=f"{help[0].upper()}{help[1:]}. Under a launcher (deepspeed, srun, torchrun) each "
                                    "rank runs this; with --nproc N it starts N local ranks through the deepspeed "
                                    "launcher.")
-    t.add_argument("config")
-    t.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. optim.lr=1e-4")
-    t.add_argument("--nproc", type=int, default=None, help="local ranks to launch (default: 1, or the launcher's)")
-    t.add_argument("--master-port", type=int, default=29500)
-    t.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="'auto' (newest complete checkpoint, or start fresh), 'latest', or a tag")
-    t.add_argument("--dry-run", action="store_true", help="print the resolved config, tokens/step, steps and a "
-                                                              "per-device memory estimate; start nothing")
-    t.add_argument("--world-size", type=int, help="with --dry-run: devices to plan for")
-    t.add_argument("--gpus-per-node", type=int, help="with --dry-run: devices per node (default: min(world, 8))")
+    train_arguments(t)
     t.set_defaults(func=func, takes_overrides=True)
 
 
@@ -74,9 +70,7 @@ def add_task_matrix_parser(sub) -> None:
     p = sub.add_parser("evaluate-tasks", help="models × task test sets × k-shot: the generalization matrix",
                        description="Score models (base, fine-tuned runs, HF folders) on prepared task test sets at "
                                    "k shots; results to MLflow, matrix.csv and a heatmap (trainer/task_matrix.py).")
-    p.add_argument("matrix", help="the matrix YAML (docs/TRAINING.md)")
-    p.add_argument("--nproc", type=int, default=None, help="local ranks (data-parallel; ZeRO-3 with zero3: true)")
-    p.add_argument("--master-port", type=int, default=29500)
+    matrix_arguments(p)
     p.set_defaults(func=cmd_evaluate_tasks)
 
 
@@ -93,11 +87,11 @@ def preflight(config: str, overrides: list[str], resume: str | None, world: int)
     cfg = load_config(config, overrides)
     check_domains(cfg, tokenizer_fingerprint(load_tokenizer(cfg.model)))
     fill_ds_config(cfg, world_size=1)
-    checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, 0, world, fast=True)  # the ranks hash
+    checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, Dist(world=world), fast=True)  # the ranks hash
 
 
 def launch_local(config: str, overrides: list[str], nproc: int, resume: str | None = None,
-                 master_port: int = 29500) -> int:
+                 port: int = master_port()) -> int:
     """A training job of `nproc` ranks on this machine, in child processes (the deepspeed launcher for more than
     one): checked first, so a bad input is one line (an OdysseyError here) before any rank starts. Returns the
     job's exit code."""
@@ -105,13 +99,13 @@ def launch_local(config: str, overrides: list[str], nproc: int, resume: str | No
     forwarded = [config, *overrides] + ([f"--resume={resume}"] if resume else [])
     if nproc == 1:
         return subprocess.call([sys.executable, "-m", "trainer.train", *forwarded])
-    return deepspeed_launch("trainer.train", forwarded, nproc, master_port)
+    return deepspeed_launch("trainer.train", forwarded, nproc, port)
 
 
-def deepspeed_launch(module: str, forwarded: list[str], nproc: int, master_port: int) -> int:
+def deepspeed_launch(module: str, forwarded: list[str], nproc: int, port: int) -> int:
     """`python -m module ...` as `nproc` local ranks under the deepspeed launcher; returns the job's exit code."""
     launcher = shutil.which("deepspeed") or os.path.join(os.path.dirname(sys.executable), "deepspeed")
-    return subprocess.call([launcher, "--num_gpus", str(nproc), "--master_port", str(master_port), "--module",
+    return subprocess.call([launcher, "--num_gpus", str(nproc), "--master_port", str(port), "--module",
                             module, *forwarded])
 
 
@@ -135,17 +129,16 @@ def dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Under a launcher (RANK set), or alone: this process is the rank. With --nproc N > 1: N local ranks."""
-    from trainer.train import main as train_main
+    """A launched rank, or alone: this process is the rank. With --nproc N > 1: N local ranks."""
+    from trainer.train import run_rank
 
     if args.dry_run:
         return dry_run(args)
-    forwarded = [args.config, *args.overrides] + ([f"--resume={args.resume}"] if args.resume else [])
-    if args.nproc is None and "RANK" in os.environ:
-        return train_main(forwarded)  # already one rank of a launched job
+    if args.nproc is None and launched_rank():
+        return run_rank(args.config, args.overrides, args.resume)
     if not args.nproc or args.nproc == 1:
         preflight(args.config, args.overrides, args.resume, 1)
-        return train_main(forwarded)
+        return run_rank(args.config, args.overrides, args.resume)
     return launch_local(args.config, args.overrides, args.nproc, args.resume, args.master_port)
 
 
@@ -155,7 +148,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError, load_config
     from trainer.data import stream_kinds
 
-    if "RANK" not in os.environ or args.nproc is not None:  # checked once, before any rank starts
+    if not launched_rank() or args.nproc is not None:  # checked once, before any rank starts
         not_tasks = [n for n, kind in stream_kinds(load_config(args.config, args.overrides)).items() if kind != "task"]
         if not_tasks:
             raise ConfigError(f"odyssey finetune trains on task data (odyssey prep --task); stream(s) "
@@ -165,22 +158,24 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_tasks(args: argparse.Namespace) -> int:
     """Checked once here, then this process scores (alone or as a launched rank), or N local ranks are started."""
-    from trainer.task_matrix import check_matrix, export_runs, load_matrix, main
+    from trainer.task_matrix import check_matrix, evaluate_matrix, export_runs, load_matrix
 
-    if "RANK" in os.environ and args.nproc is None:
-        return main([args.matrix])
     cfg = load_matrix(args.matrix)
+    if args.nproc is None and launched_rank():
+        evaluate_matrix(cfg)
+        return 0
     check_matrix(cfg)
     export_runs(cfg)
     if not args.nproc or args.nproc == 1:
-        return main([args.matrix])
+        evaluate_matrix(cfg)
+        return 0
     return deepspeed_launch("trainer.task_matrix", [args.matrix], args.nproc, args.master_port)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from trainer.checkpoint_eval import evaluate_checkpoints, report
+    from trainer.checkpoint_eval import announce_scored, evaluate_checkpoints
 
-    return report(evaluate_checkpoints(args.checkpoints, args.config, args.watch, args.poll, args.new_run,
+    return announce_scored(evaluate_checkpoints(args.checkpoints, args.config, args.watch, args.poll, args.new_run,
                                        args.until_step, args.fast))
 
 
@@ -188,7 +183,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from trainer.export import export
 
     out = export(args.checkpoint, args.out, args.dtype, args.overwrite, args.fast)
-    print(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with from_pretrained('{out}')")
+    console.out(f"exported {args.checkpoint} to {out} ({args.dtype}); load it with from_pretrained('{out}')")
     return 0
 
 
@@ -204,5 +199,5 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if left:
         raise TrackingError(f"sent {sent} call(s) to {uri}; it became unreachable with {left} left in "
                             f"{run_dir / 'mlflow'}; run odyssey sync again")
-    print(f"sent {sent} call(s) from {run_dir / 'mlflow'} to {uri}; nothing left")
+    console.out(f"sent {sent} call(s) from {run_dir / 'mlflow'} to {uri}; nothing left")
     return 0

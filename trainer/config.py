@@ -38,7 +38,8 @@ class DataOptions(Section):
     """How the streams are read (a study sets the streams per domain and takes these from its `train.data`)."""
     seq_len: int | None = Field(default=None, gt=1)  # must equal the shards' seq_len; None takes it from the manifests
     micro_batch: int = Field(default=1, gt=0)
-    # loader worker processes per rank; None: on a GPU min(4, CPU cores / local ranks), on CPU 0 (the cores train)
+    # loader worker processes per rank; None: on a GPU the job's cores per local rank less one, at least 1 and at most
+    # 4 (trainer/data.py: loader_workers), on CPU 0 (every core trains)
     num_workers: int | None = Field(default=None, ge=0)
     shuffle: bool = True
     verify_hashes: bool = True  # at start-up, hash every local shard file against its index (xxh64, IO-bound)
@@ -129,7 +130,8 @@ class DeepSpeedCfg(Section):
 
 
 class MeterCfg(Section):
-    # Peak FLOP/s of one device for MFU. None: detected for A100/H100/H200 (bf16 dense), else MFU is not logged.
+    # Dense peak TFLOP/s of one device for MFU. None: looked up by device name and the run's dtype (trainer/meter.py:
+    # H100/H200/A100/L40S/RTX; bf16/fp16, or TF32/FP32 for fp32 runs); on a device not listed, and on CPU, no MFU.
     peak_tflops: float | None = Field(default=None, gt=0)
 
 

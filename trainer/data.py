@@ -19,6 +19,7 @@ from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_ma
 from data_prep.shards import IGNORE, INPUT_IDS, LABELS, SEGMENTS, TOKENS, open_split
 from data_prep.validate import require_valid
 from trainer.config import Config, ConfigError
+from trainer.dist import Dist
 
 
 @dataclass
@@ -231,13 +232,13 @@ def open_eval_sets(domains: dict[str, Domain], split: str) -> dict[str, EvalSet]
             for name, dom in domains.items()}
 
 
-def eval_batches(ds, rank: int, world: int, micro_batch: int, max_samples: int | None):
+def eval_batches(ds, dist: Dist, micro_batch: int, max_samples: int | None):
     """This rank's eval batches of (batch, weight, sample index). Every rank yields the same number of batches;
     padding rows repeat sample 0 with weight 0 (index -1), so ZeRO-3's collective forwards line up and padding never
     counts."""
     n = ds.num_samples if max_samples is None else min(ds.num_samples, max_samples)
-    mine = list(range(rank, n, world))
-    per_rank = -(-n // world)
+    mine = list(range(dist.rank, n, dist.world))
+    per_rank = -(-n // dist.world)
     n_batches = -(-per_rank // micro_batch)
     for b in range(n_batches):
         ids = mine[b * micro_batch:(b + 1) * micro_batch]

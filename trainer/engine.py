@@ -9,7 +9,6 @@ import copy
 import importlib.resources
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -106,62 +105,6 @@ def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None)
         # only when asked (ZeRO-3 and fp32 always do)
         ds["bf16"].setdefault("check_grad_overflow", True)
     return ds
-
-
-def slurm_rank_env(env: dict[str, str]) -> dict[str, str]:
-    """RANK/LOCAL_RANK/WORLD_SIZE/LOCAL_WORLD_SIZE/MASTER_* from SLURM's ids, for one task per device started by srun.
-    Only inside an srun step (SLURM_STEP_NUM_TASKS set) and only where no launcher set RANK: a batch script or an
-    salloc shell also carries SLURM_PROCID, and taking it there would wait for ranks that never start."""
-    if "RANK" in env or "SLURM_STEP_NUM_TASKS" not in env or "SLURM_PROCID" not in env:
-        return {}
-    out = {"RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
-           "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"]}
-    # SLURM_STEP_TASKS_PER_NODE looks like "2(x3),1": this node's count is the entry for SLURM_NODEID
-    counts = []
-    for part in env.get("SLURM_STEP_TASKS_PER_NODE", out["WORLD_SIZE"]).split(","):
-        n, _, times = part.partition("(x")
-        counts += [n] * int(times.rstrip(")") or 1)
-    out["LOCAL_WORLD_SIZE"] = counts[min(int(env.get("SLURM_NODEID", "0")), len(counts) - 1)]
-    if "MASTER_ADDR" not in env:
-        from launch.hostfile import master_addr, slurm_hosts
-
-        out["MASTER_ADDR"] = master_addr(slurm_hosts(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]))
-    if "MASTER_PORT" not in env:
-        out["MASTER_PORT"] = str(slurm_master_port(env.get("SLURM_JOB_ID", "0")))
-    return out
-
-
-def slurm_master_port(job_id: str) -> int:
-    """A port per job, so two jobs sharing a node don't collide; launch/slurm/common.sh uses the same formula."""
-    return 20000 + int(job_id) % 20000
-
-
-def select_device(local_rank: int) -> torch.device:
-    """This rank's device: GPU `local_rank`, made current before anything touches CUDA (else every rank's first
-    allocation, and NCCL's communicator, land on cuda:0). CPU where there is no GPU."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    if local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s) visible "
-                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
-    torch.cuda.set_device(local_rank)
-    return torch.device("cuda", local_rank)
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Join the process group started by deepspeed/srun/torchrun, or a world of one when run as a plain process.
-    Returns (rank, world size, this rank's device)."""
-    import deepspeed
-
-    os.environ.update(slurm_rank_env(dict(os.environ)))
-    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
-                         ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(29500 + os.getpid() % 1000))):
-        os.environ.setdefault(var, default)
-    # mosaicml-streaming needs LOCAL_WORLD_SIZE; the deepspeed launcher only sets LOCAL_SIZE (see docs/PITFALLS.md).
-    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ["WORLD_SIZE"]))
-    device = select_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend=None, verbose=False)
-    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device
 
 
 def fused_adam_builds() -> bool:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from analysis.metrics import perplexity
 from trainer.data import IGNORE, eval_batches
+from trainer.dist import Dist
 
 
 def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -31,15 +32,16 @@ class DomainEval:
 
 
 @torch.no_grad()
-def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int, max_samples: int | None,
-             device: torch.device, per_token: bool = False) -> dict[str, DomainEval]:
+def evaluate(model, eval_sets: dict, dist: Dist, micro_batch: int, max_samples: int | None,
+             per_token: bool = False) -> dict[str, DomainEval]:
+    device = dist.device
     was_training = model.training
     model.eval()
     sums = torch.zeros(len(eval_sets), 2, dtype=torch.float64, device=device)  # [loss sum, token count]
     full: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, (name, ds) in enumerate(eval_sets.items()):
         n = ds.num_samples if max_samples is None else min(ds.num_samples, max_samples)
-        for batch, weight, idx in eval_batches(ds, rank, world, micro_batch, max_samples):
+        for batch, weight, idx in eval_batches(ds, dist, micro_batch, max_samples):
             input_ids = batch["input_ids"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
             losses = token_losses(model, input_ids, labels)
@@ -55,7 +57,7 @@ def evaluate(model, eval_sets: dict, rank: int, world: int, micro_batch: int, ma
                 rows = idx.to(device)[real]
                 full[name][0][rows] = labels[real, 1:]
                 full[name][1][rows] = losses[real].float()
-    if world > 1:
+    if dist.world > 1:
         torch.distributed.all_reduce(sums)
         for targets, losses in full.values():
             torch.distributed.all_reduce(targets)

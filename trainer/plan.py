@@ -10,6 +10,7 @@ import math
 
 import yaml
 
+from data_prep import console
 from trainer.config import Config, ConfigError
 
 GIB = 2**30
@@ -36,7 +37,11 @@ def model_shape(model_path: str, trust_remote_code: bool = False) -> tuple[int, 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    except OSError as err:  # a hub name while offline, a folder without config.json: one line, not a traceback
+        raise ConfigError(f"--dry-run reads the model's config.json: {model_path}: "
+                          f"{str(err).splitlines()[0][:200]}") from None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters count once
@@ -87,12 +92,12 @@ def plan(cfg: Config, world_size: int, gpus_per_node: int, seq_len: int, train_s
 
 
 def print_plan(cfg: Config, p: dict) -> None:
-    print("# resolved config")
-    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+    console.out("# resolved config")
+    console.out(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
     m = p["memory"]
     offload = ", ".join(k for k in ("offload_optimizer", "offload_param") if m[k]) or "no offload"
     steps = f"{p['total_steps']:,}" if p["total_steps"] else "unknown (epochs need the prepared domains)"
-    print(f"""# plan
+    console.out(f"""# plan
 world size        {p['world_size']} ({p['nodes']} node(s) x {p['gpus_per_node']} device(s))
 model             {p['params']:,} parameters (largest layer {p['largest_layer_params']:,})
 seq_len           {p['seq_len']}

@@ -10,12 +10,13 @@ waits for nothing but that copy.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from trainer.dist import Dist
 
 
 class StepStats:
-    def __init__(self, device: torch.device, world: int, spike_factor: float | None):
-        self.world, self.spike_factor = world, spike_factor
+    def __init__(self, dist: Dist, spike_factor: float | None):
+        device, self.world, self.spike_factor = dist.device, dist.world, spike_factor
         self.buf = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, bad micro-batches, stop flag
         self.host = torch.zeros(3, dtype=torch.float64, pin_memory=device.type == "cuda")
         self.copied = torch.cuda.Event() if device.type == "cuda" else None
@@ -37,7 +38,7 @@ class StepStats:
         """The step's one collective; returns the factor (1 or NaN) for the last micro-batch's loss."""
         self.buf[2].fill_(1.0 if stop else 0.0)
         if self.world > 1:
-            dist.all_reduce(self.buf)
+            torch.distributed.all_reduce(self.buf)
         self.host.copy_(self.buf, non_blocking=True)
         if self.copied is not None:
             self.copied.record()

@@ -21,6 +21,7 @@ from data_prep.task_examples import Encoder, Example
 from data_prep.tasks import template_list
 from data_prep.tokenize import document_bos
 from trainer.config import ConfigError
+from trainer.dist import Dist
 
 
 @dataclass
@@ -147,9 +148,10 @@ def example_scores(model, ts: TaskSet, examples: list[Example], shots: int, max_
 
 
 @torch.no_grad()
-def score_task(model, ts: TaskSet, shots: int, max_examples: int | None, micro_batch: int, rank: int, world: int,
-               device, max_new_tokens: int = 60) -> tuple[float, int]:
+def score_task(model, ts: TaskSet, shots: int, max_examples: int | None, micro_batch: int, dist: Dist,
+               max_new_tokens: int = 60) -> tuple[float, int]:
     """(mean score, examples scored) over the first `max_examples` rows, strided over ranks."""
+    rank, world, device = dist.rank, dist.world, dist.device
     was_training = model.training
     model.eval()
     n = ts.rows.num_samples if max_examples is None else min(ts.rows.num_samples, max_examples)

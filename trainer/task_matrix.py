@@ -11,7 +11,6 @@ metrics `tasks/<model>/<test>/<k>shot/<metric>` and the generalization summary (
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import gc
 import hashlib
@@ -27,14 +26,16 @@ from pydantic import Field, model_validator
 from analysis.plots import task_heatmap
 from analysis.task_scores import cell_kind, generalization
 from data_prep.config import Section, read_yaml, validate
+from data_prep.console import log
 from data_prep.errors import guarded
 from data_prep.task_examples import placeholders
 from data_prep.tasks import template_list
+from trainer.args import matrix_arguments, rank_args
 from trainer.config import ConfigError, ModelCfg, TrackingCfg
-from trainer.engine import init_distributed
+from trainer.dist import Dist, init_distributed
 from trainer.model import load_model, load_tokenizer, resolve_dtype
 from trainer.task_eval import open_task_rows, score_task, task_set
-from trainer.tracking import Tracker, log
+from trainer.tracking import Tracker
 
 CELLS = "cells.jsonl"
 
@@ -118,10 +119,10 @@ def export_runs(cfg: MatrixCfg) -> None:
     """Export every run's newest checkpoint before any rank starts (a rank waiting at a barrier while a 70B model
     consolidates would hit the process group's timeout)."""
     for m in cfg.models:
-        model_folder(m, Path(cfg.out), 0, 1)
+        model_folder(m, Path(cfg.out), Dist())
 
 
-def model_folder(m: MatrixModel, out: Path, rank: int, world: int) -> Path:
+def model_folder(m: MatrixModel, out: Path, dist: Dist) -> Path:
     """An HF folder for the model: its own path, or (rank 0) the newest complete checkpoint of a run, exported
     (already done by `export_runs` when the CLI or a study launched the ranks)."""
     from trainer.export import export, locate
@@ -132,10 +133,10 @@ def model_folder(m: MatrixModel, out: Path, rank: int, world: int) -> Path:
     root, tag, _ = locate(path, fast=True)  # a one-line error when it is neither
     dst = out / "models" / m.name.replace("/", "__")
     marker = dst / "odyssey_export.yaml"
-    if rank == 0 and not (marker.is_file() and str(root / tag) in marker.read_text()):
-        log(rank, f"exporting {root / tag} → {dst}")
+    if dist.main and not (marker.is_file() and str(root / tag) in marker.read_text()):
+        log(f"exporting {root / tag} → {dst}")
         export(root / tag, dst, overwrite=True)
-    if world > 1:
+    if dist.world > 1:
         torch.distributed.barrier()
     return dst
 
@@ -185,27 +186,26 @@ def done_cells(out: Path) -> list[dict]:
     return cells
 
 
-def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int]], opened: dict, rank: int,
-                world: int, device) -> list[dict]:
+def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int]], opened: dict,
+                dist: Dist) -> list[dict]:
     """Every (test set, shots) cell of one model; rank 0 appends each to cells.jsonl as it is scored."""
     out = Path(cfg.out)
-    folder = model_folder(m, out, rank, world)
-    model, keep = load_scoring_model(folder, cfg.dtype, cfg.zero3, device)
+    folder = model_folder(m, out, dist)
+    model, keep = load_scoring_model(folder, cfg.dtype, cfg.zero3, dist.device)
     tokenizer = load_tokenizer(ModelCfg(path=str(folder), tokenizer=m.tokenizer))
     cells = []
     for test, shots in todo:
         ts = task_set(test.name, *opened[test.name][:2], tokenizer, opened[test.name][2], test.template)
         t0 = time.time()
-        score, n = score_task(model, ts, shots, cfg.max_examples, cfg.micro_batch, rank, world, device,
-                              cfg.max_new_tokens)
+        score, n = score_task(model, ts, shots, cfg.max_examples, cfg.micro_batch, dist, cfg.max_new_tokens)
         cell = {"key": cell_key(cfg, m, test, shots), "model": m.name, "model_task": m.task, "model_kind": None, "fticl": m.fticl, "test": test.name,
                 "test_task": test.task or ts.task, "test_kind": ts.kind, "ood": test.ood, "shots": shots,
                 "metric": ts.metric, "score": score, "examples": n, "seconds": round(time.time() - t0, 1)}
         cells.append(cell)
-        if rank == 0:
+        if dist.main:
             with open(out / CELLS, "a") as f:
                 f.write(json.dumps(cell) + "\n")
-        log(rank, f"{m.name} × {test.name} {shots}-shot: {ts.metric} {score:.4f} ({n} examples, "
+        log(f"{m.name} × {test.name} {shots}-shot: {ts.metric} {score:.4f} ({n} examples, "
                   f"{cell['seconds']}s)")
     del model, keep
     gc.collect()
@@ -214,12 +214,12 @@ def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int
 
 def evaluate_matrix(cfg: MatrixCfg) -> list[dict]:
     check_matrix(cfg)
-    rank, world, device = init_distributed()
+    dist = init_distributed()
     cfg.dtype = resolve_dtype(cfg.dtype)
     out = Path(cfg.out)
-    if rank == 0:
+    if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-    if world > 1:
+    if dist.world > 1:
         torch.distributed.barrier()
     wanted = {cell_key(cfg, m, t, k) for m in cfg.models for t in cfg.tests for k in cfg.shots}
     cells = list({c["key"]: c for c in done_cells(out) if c.get("key") in wanted}.values())
@@ -228,16 +228,16 @@ def evaluate_matrix(cfg: MatrixCfg) -> list[dict]:
     for m in cfg.models:
         todo = [(t, k) for t in cfg.tests for k in cfg.shots if cell_key(cfg, m, t, k) not in have]
         if todo:
-            cells += score_model(cfg, m, todo, opened, rank, world, device)
+            cells += score_model(cfg, m, todo, opened, dist)
     kind_of = {c["test_task"]: c["test_kind"] for c in cells if not c["ood"]}
     for c in cells:
         c["model_kind"] = kind_of.get(c["model_task"])
-    if rank == 0:
-        report(cfg, cells)
+    if dist.main:
+        write_matrix(cfg, cells)
     return cells
 
 
-def report(cfg: MatrixCfg, cells: list[dict]) -> None:
+def write_matrix(cfg: MatrixCfg, cells: list[dict]) -> None:
     """matrix.json (cells + generalization summary), matrix.csv, heatmap.png, and the MLflow run."""
     out = Path(cfg.out)
     summary = generalization(cells)
@@ -254,8 +254,8 @@ def report(cfg: MatrixCfg, cells: list[dict]) -> None:
     log_matrix(tracker, cells, summary, [out / "matrix.json", out / "matrix.csv", png])
     tracker.end("FINISHED")
     for f in summary["findings"]:
-        log(0, f"{f['finding']}: {f['text']}")
-    log(0, f"matrix of {len(cells)} cells: {out / 'matrix.csv'}, {png}; MLflow run {tracker.run_id} at {tracker.uri}")
+        log(f"{f['finding']}: {f['text']}")
+    log(f"matrix of {len(cells)} cells: {out / 'matrix.csv'}, {png}; MLflow run {tracker.run_id} at {tracker.uri}")
 
 
 def log_matrix(tracker: Tracker, cells: list[dict], summary: dict, files: list[Path]) -> None:
@@ -277,10 +277,10 @@ def load_matrix(path: str) -> MatrixCfg:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="odyssey evaluate-tasks", description=__doc__.splitlines()[0])
-    parser.add_argument("matrix")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
-    args = parser.parse_args(argv)
+    """`python -m trainer.task_matrix`, what the deepspeed launcher starts on every rank: `odyssey evaluate-tasks`'s
+    arguments, one rank."""
+    args = rank_args("odyssey evaluate-tasks", matrix_arguments, argv)
+
     def run() -> int:
         evaluate_matrix(load_matrix(args.matrix))
         return 0

@@ -1,5 +1,5 @@
-"""What a run reports: MLflow from rank 0 only, and console lines from rank 0 (`log`). Other ranks get a Tracker whose
-methods do nothing, so the loop needs no rank checks.
+"""What a run reports to MLflow, from rank 0 only. Other ranks get a Tracker whose methods do nothing, so the loop
+needs no rank checks (console lines: data_prep/console.py).
 
 Tracking never stops training. Every call is written to the run's journal (trainer/journal.py) and handed to one
 background writer, which sends the calls to MLflow in order. While the server is unreachable the writer keeps
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.config import ConfigError, read_yaml
+from data_prep.console import log
 from data_prep.errors import OdysseyError
 from data_prep.redact import redact, redact_tree, split_userinfo
 from trainer.config import flatten
@@ -48,12 +49,6 @@ class RunPending(LookupError):
 
 class RunRefused(LookupError):
     """A call for a run whose creation MLflow refused for good: skipped like the create itself."""
-
-
-def log(rank: int, msg: str) -> None:
-    """A console line of the run, from rank 0 only."""
-    if rank == 0:
-        print(f"[odyssey] {msg}", flush=True)
 
 
 def default_tracking_uri(run_dir: Path, uri: str | None = None) -> str:
@@ -154,7 +149,7 @@ class Tracker:
         noted = self.journal.write_error
         self._queue.put(self.journal.append(record))
         if self.journal.write_error and not noted:
-            log(0, f"cannot write the MLflow journal {self.journal.path} ({self.journal.write_error}); calls go "
+            log(f"cannot write the MLflow journal {self.journal.path} ({self.journal.write_error}); calls go "
                    f"to MLflow from memory, and those still unsent when the job ends are lost")
 
     def log_params(self, params: dict[str, str]) -> None:
@@ -215,7 +210,7 @@ class Tracker:
             time.sleep(0.5)
         left = self._queue.unfinished_tasks
         if left:
-            log(0, f"MLflow at {self.uri} unreachable: {left} call(s) kept in {self.journal.path}; they are sent by "
+            log(f"MLflow at {self.uri} unreachable: {left} call(s) kept in {self.journal.path}; they are sent by "
                    f"the next start of this run, or now with: odyssey sync {self.run_dir}")
         return not left
 
@@ -228,13 +223,13 @@ class Tracker:
                 self._hurry.wait(delay)
                 delay = 1.0 if self._hurry.is_set() else min(2 * delay, RETRY_MAX_S)
             if self._down_since is not None:
-                log(0, f"MLflow at {self.uri} reachable again after {time.time() - self._down_since:.0f}s; "
+                log(f"MLflow at {self.uri} reachable again after {time.time() - self._down_since:.0f}s; "
                        f"replaying the journal")
                 self._down_since = None
             try:
                 self.journal.mark_sent(record["seq"])
             except OSError as err:  # the record is sent; a later mark or `odyssey sync` moves past it
-                log(0, f"could not mark MLflow call #{record['seq']} sent ({err.strerror})")
+                log(f"could not mark MLflow call #{record['seq']} sent ({err.strerror})")
             finally:
                 self._queue.task_done()
 
@@ -248,13 +243,13 @@ class Tracker:
             if isinstance(err, RunPending):
                 return False  # its run's create waits in another journal (a training run still pending)
             if _permanent(err):
-                log(0, f"MLflow refused {record['op']} #{record['seq']} ({why}); skipped")
+                log(f"MLflow refused {record['op']} #{record['seq']} ({why}); skipped")
                 if record["op"] == "create" and record["run"]:
                     self.journal.set_run_id(record["run"], "")  # the calls for this run are skipped too
                 return True
             if self._down_since is None:
                 self._down_since = time.time()
-                log(0, f"MLflow at {self.uri} unreachable ({why}); nothing waits for it: calls are kept in "
+                log(f"MLflow at {self.uri} unreachable ({why}); nothing waits for it: calls are kept in "
                        f"{self.journal.path} and sent when it is back")
             return False
 

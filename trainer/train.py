@@ -2,13 +2,12 @@
 tracker); `fit()` evaluates the base model, then repeats `train_step()` and, on schedule, `evaluate(step)` and
 `save(step)`. One process per device, started by `deepspeed`, srun or torchrun (or alone, as a world of one).
 
-    deepspeed --num_gpus 2 -m trainer.train CONFIG.yaml [dotted.key=value ...] [--resume auto]
+    deepspeed --num_gpus 2 --module trainer.train CONFIG.yaml [dotted.key=value ...] [--resume auto]
 
 A batch is {input_ids, labels, sample_ids}; labels are -100 where no loss is taken (continued pretraining: none).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -22,13 +21,16 @@ import numpy as np
 import torch
 import yaml
 
+from data_prep.console import log
 from data_prep.errors import guarded
 from data_prep.manifest import tokenizer_fingerprint
 from data_prep.redact import load_env_file, redact_tree
 from trainer import checkpoint
+from trainer.args import rank_args, train_arguments
 from trainer.config import Config, ConfigError, load_config
 from trainer.data import Batches, build_train_loader, check_domains, model_inputs, open_eval_sets
-from trainer.engine import build_engine, choose_optimizer, fill_ds_config, init_distributed, parameter_counts
+from trainer.dist import init_distributed
+from trainer.engine import build_engine, choose_optimizer, fill_ds_config, parameter_counts
 from trainer.ledger import Ledger
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
@@ -36,7 +38,7 @@ from trainer.plan import tokens_per_step, total_steps
 from trainer.preempt import StopRequest
 from trainer.state import FINISHED, RunState
 from trainer.step_stats import StepStats
-from trainer.tracking import Tracker, log, params_for
+from trainer.tracking import Tracker, params_for
 from trainer.validator import Validator
 from trainer.weight_delta import WeightDelta
 
@@ -56,11 +58,12 @@ def eval_steps(cfg: Config, max_steps: int) -> set[int]:
 
 class Trainer:
     def __init__(self, cfg: Config, resume: str | None = None):
-        self.rank, self.world, self.device = init_distributed()
+        self.dist = init_distributed()
+        self.rank, self.world, self.device = self.dist.rank, self.dist.world, self.dist.device
         # every rank says where it runs: on a multi-node launch this is the proof each node took part
-        print(f"[odyssey] rank {self.rank}/{self.world} (local {os.environ.get('LOCAL_RANK', '0')}) on "
-              f"{socket.gethostname()} pid {os.getpid()}, master {os.environ.get('MASTER_ADDR')}:"
-              f"{os.environ.get('MASTER_PORT')}", flush=True)
+        log(f"rank {self.rank}/{self.world} (local {os.environ.get('LOCAL_RANK', '0')}) on {socket.gethostname()} "
+            f"pid {os.getpid()}, master {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}",
+            every_rank=True)
         random.seed(cfg.run.seed + self.rank)
         np.random.seed(cfg.run.seed + self.rank)
         torch.manual_seed(cfg.run.seed)
@@ -69,10 +72,10 @@ class Trainer:
         self.ckpt_root = self.run_dir / "checkpoints"
         self.stop_request = StopRequest()
         self.state = RunState()
-        checkpoint.check_shared(self.run_dir, self.rank, self.world, self.device)
+        checkpoint.check_shared(self.run_dir, self.dist)
         tokenizer = load_tokenizer(cfg.model)  # data checks first: cheap, and they fail before any weight loads
         self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer))
-        tag = checkpoint.starting_tag(self.ckpt_root, resume, self.rank, self.world, cfg.checkpoint.verify == "fast")
+        tag = checkpoint.starting_tag(self.ckpt_root, resume, self.dist, cfg.checkpoint.verify == "fast")
         set_aside = checkpoint.set_aside_newer(self.ckpt_root, tag) if tag and self.rank == 0 else None
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -93,10 +96,10 @@ class Trainer:
                 self._rewound(set_aside)
             if self.rank == 0 and not tag:
                 self._record_run()
-            self.validator = Validator(cfg, open_eval_sets(self.domains, cfg.eval.split), self.rank, self.world,
-                                       self.device, tokenizer, self.tracker, self.run_dir, self._weight_delta(tag))
+            self.validator = Validator(cfg, open_eval_sets(self.domains, cfg.eval.split), self.dist, tokenizer,
+                                       self.tracker, self.run_dir, self._weight_delta(tag))
             self.evals_at = eval_steps(cfg, self.max_steps)
-            self.stats = StepStats(self.device, self.world, cfg.optim.spike_factor)
+            self.stats = StepStats(self.dist, cfg.optim.spike_factor)
             self._announce()
         except BaseException as err:
             self.tracker.close(cfg.tracking.wait_s, err)
@@ -132,7 +135,7 @@ class Trainer:
         self.loader.load_state_dict(saved["loader"])
         self.ledger.truncate_after(self.state.step)  # steps after the checkpoint are replayed
         save_s = json.loads((self.ckpt_root / tag / checkpoint.COMPLETE).read_text()).get("save_s")
-        log(self.rank, f"resumed from {self.ckpt_root / tag} at step {self.state.step} ({self.state.tokens_seen:,} "
+        log(f"resumed from {self.ckpt_root / tag} at step {self.state.step} ({self.state.tokens_seen:,} "
                        f"tokens seen; loaded in {time.time() - t0:.1f}s, saved in {save_s}s)")
         self._check_grace(save_s)
 
@@ -140,7 +143,7 @@ class Trainer:
         """A resume from a checkpoint older than the newest: MLflow cannot delete the points the abandoned attempt
         logged past it, so this attempt logs those steps again beside them, and the run says so."""
         step = self.state.step
-        log(self.rank, f"resumed from step {step}, older than the newest checkpoint: the newer ones were moved to "
+        log(f"resumed from step {step}, older than the newest checkpoint: the newer ones were moved to "
                        f"{set_aside} (nothing deleted); MLflow keeps the points logged past step {step} by the "
                        f"abandoned attempt, and this one logs those steps again (tag odyssey.rewound_to)")
         self.tracker.set_tag("odyssey.rewound_to", f"step {step}; abandoned checkpoints in {set_aside}")
@@ -169,22 +172,22 @@ class Trainer:
         """On task data (task.weight_delta): the base weights' snapshot, reloaded on resume."""
         if not (self.cfg.task.weight_delta and any(d.manifest.get("kind") == "task" for d in self.domains.values())):
             return None
-        delta = WeightDelta(self.run_dir, self.rank, self.world)
+        delta = WeightDelta(self.run_dir, self.dist)
         if resumed_from:
             loaded = torch.tensor([float(delta.load())], device=self.device)
             if self.world > 1:  # every rank measures, or none: measure() is a collective
                 torch.distributed.all_reduce(loaded, op=torch.distributed.ReduceOp.MIN)
             if not loaded.item():
                 delta.base = None
-                log(self.rank, f"no base-weight snapshot for world size {self.world} in {delta.path.parent}: "
+                log(f"no base-weight snapshot for world size {self.world} in {delta.path.parent}: "
                                f"weights/mean_abs_delta is not logged in this attempt")
         return delta
 
     def _announce(self) -> None:
-        log(self.rank, f"world {self.world}, {self.n_params / 1e6:.1f}M params ({self.n_local / 1e6:.1f}M on rank 0), "
+        log(f"world {self.world}, {self.n_params / 1e6:.1f}M params ({self.n_local / 1e6:.1f}M on rank 0), "
                        f"seq_len {self.seq_len}, {self.tokens_per_step:,} tokens/step, steps {self.state.step}→"
                        f"{self.max_steps}, MLflow run {self.state.mlflow_run_id} at {self.tracker.uri}")
-        log(self.rank, f"device {self.device}, {self.cfg.model.dtype}, attention "
+        log(f"device {self.device}, {self.cfg.model.dtype}, attention "
                        f"{self.attn_impl}, {self.optimizer_choice}, "
                        f"{self.loader.num_workers} loader worker(s) per rank"
                        + (", pinned batches" if self.loader.pin_memory else ""))
@@ -225,14 +228,14 @@ class Trainer:
         attempt = self.state.step + 1
         self.ledger.record(-attempt, sample_ids)
         if not n_bad:
-            log(self.rank, f"step {attempt}: DeepSpeed skipped the update (non-finite gradients); the step is repeated")
+            log(f"step {attempt}: DeepSpeed skipped the update (non-finite gradients); the step is repeated")
             return None
         if self.engine.was_step_applied():
             raise ConfigError(f"step {attempt}: DeepSpeed applied an update from a bad loss; this DeepSpeed config "
                               f"does not skip non-finite steps (use ZeRO stage 1-3, or bf16/fp16)")
         self.state.skipped += 1
         skipped, optim = self.state.skipped, self.cfg.optim
-        log(self.rank, f"step {attempt}: bad loss in {n_bad} micro-batch(es), update skipped ({skipped} so far)")
+        log(f"step {attempt}: bad loss in {n_bad} micro-batch(es), update skipped ({skipped} so far)")
         self.tracker.log_metrics({"train/skipped_steps": skipped}, attempt)
         if optim.bad_loss == "stop" or skipped > optim.max_skipped:
             return f"bad loss (optim.bad_loss={optim.bad_loss}, {skipped} skipped)"
@@ -251,7 +254,7 @@ class Trainer:
         if util is not None:
             metrics["train/mfu"] = util
         self.tracker.log_metrics(metrics, step)
-        log(self.rank, f"step {step}/{self.max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} "
+        log(f"step {step}/{self.max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} "
                        f"{tokens_per_s:,.0f} tok/s" + (f" mfu {util:.1%}" if util is not None else ""))
 
     # --- eval and save
@@ -266,11 +269,11 @@ class Trainer:
         self.ledger.flush()
         self.state.mlflow_run_id = self.tracker.run_id or self.state.mlflow_run_id  # the real id once it exists
         client = {**self.state.to_dict(), "loader": self.loader.state_dict()}
-        path, seconds = checkpoint.save(self.engine, self.ckpt_root, step, client, self.rank, self.world)
+        path, seconds = checkpoint.save(self.engine, self.ckpt_root, step, client, self.dist)
         self.tracker.log_metrics({"checkpoint/save_s": seconds}, step)
         if self.rank == 0:
             pruned = checkpoint.prune(self.ckpt_root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
-            log(self.rank, f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
+            log(f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
         self._check_grace(seconds)
         self.meter.start_clock()
 
@@ -278,7 +281,7 @@ class Trainer:
         """A save that cannot finish between the stop signal and SIGKILL loses everything since the last one."""
         grace = self.cfg.checkpoint.grace_s
         if grace and save_s and save_s > 0.8 * grace:
-            log(self.rank, f"warning: a checkpoint takes {save_s:.1f}s, checkpoint.grace_s is {grace:g}s: a "
+            log(f"warning: a checkpoint takes {save_s:.1f}s, checkpoint.grace_s is {grace:g}s: a "
                            f"preemption would kill the save; signal earlier (sbatch --signal=B:USR1@"
                            f"{int(2 * save_s) + 60}) or save more often (docs/TRAINING.md, Preemption)")
 
@@ -326,30 +329,22 @@ class Trainer:
             self.tracker.end("FINISHED", self.cfg.tracking.wait_s)
             if self.rank == 0:
                 (self.run_dir / FINISHED).write_text(json.dumps({"step": step, "tokens_seen": state.tokens_seen}) + "\n")
-            log(self.rank, f"done: {step} steps, {state.tokens_seen:,} tokens; run folder {self.run_dir}")
+            log(f"done: {step} steps, {state.tokens_seen:,} tokens; run folder {self.run_dir}")
             return
         self.tracker.set_tag("odyssey.stopped_by", stopped_by or "run.halt_at_step")
         self.tracker.end("FAILED" if stopped_by and stopped_by.startswith("bad loss") else "KILLED",
                          self.cfg.tracking.wait_s)  # resuming sets it RUNNING again
         if stopped_by:
-            log(self.rank, f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")
+            log(f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")
         else:
-            log(self.rank, f"halted at step {step} (run.halt_at_step); continue with --resume auto")
+            log(f"halted at step {step} (run.halt_at_step); continue with --resume auto")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_rank(config: str, overrides: list[str], resume: str | None) -> int:
     """One rank of a training job. Exit 0 when done or stopped by a signal (resumable), 2 for a bad input, 3 when
     bad losses stopped the run."""
-    parser = argparse.ArgumentParser(prog="odyssey train", description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="'auto' (newest complete checkpoint, or start fresh), 'latest', or a tag")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by deepspeed
-    args = parser.parse_intermixed_args(argv)
-
     def run() -> int:
-        trainer = Trainer(load_config(args.config, args.overrides), args.resume)
+        trainer = Trainer(load_config(config, overrides), resume)
         try:
             stopped_by = trainer.fit()
         except BaseException as err:  # the MLflow run says how it ended; the error goes on to the guard
@@ -359,6 +354,12 @@ def main(argv: list[str] | None = None) -> int:
 
     load_env_file(os.environ.pop("ODYSSEY_SECRETS_FILE", None))  # secrets a multi-node launch kept off command lines
     return guarded(run)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m trainer.train`, what launchers start on every rank: `odyssey train`'s arguments, one rank."""
+    args = rank_args("odyssey train", train_arguments, argv)
+    return run_rank(args.config, args.overrides, args.resume)
 
 
 if __name__ == "__main__":

@@ -6,24 +6,24 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from analysis.baseline import BaselineCache, model_hash
 from analysis.metrics import TokenStats, baseline_of, eval_metrics, function_words
 from analysis.plots import degradation_curves
 from analysis.tokenstats import Vocab
+from data_prep.console import log
 from trainer.config import Config
+from trainer.dist import Dist
 from trainer.evaluate import DomainEval, evaluate
 from trainer.state import RunState
 from trainer.task_eval import score_task, task_set
-from trainer.tracking import Tracker, log
+from trainer.tracking import Tracker
 from trainer.weight_delta import WeightDelta
 
 
 class Validator:
-    def __init__(self, cfg: Config, eval_sets: dict, rank: int, world: int, device: torch.device, tokenizer,
-                 tracker: Tracker, run_dir: Path, weight_delta: WeightDelta | None = None):
-        self.eval_sets, self.rank, self.world, self.device, self.tracker = eval_sets, rank, world, device, tracker
+    def __init__(self, cfg: Config, eval_sets: dict, dist: Dist, tokenizer, tracker: Tracker, run_dir: Path,
+                 weight_delta: WeightDelta | None = None):
+        self.eval_sets, self.dist, self.tracker = eval_sets, dist, tracker
         self.weight_delta = weight_delta  # the training run's: snapshot at step 0, measured at later evals
         self.task_cfg = cfg.task
         self.task_sets = {name: task_set(name, es.task, es.rows, tokenizer) for name, es in eval_sets.items()
@@ -35,7 +35,7 @@ class Validator:
         self.train_domains = [s.name for s in cfg.data.streams]
         self.cache = BaselineCache(self.run_dir, model_hash(cfg.model.path))  # every rank reads it (checkpoint eval)
         self.token_stats = None
-        if cfg.eval.token_stats and rank == 0:
+        if cfg.eval.token_stats and dist.main:
             vocab = Vocab.from_tokenizer(tokenizer, function_words(cfg.eval.function_words))
             self.token_stats = TokenStats(self.run_dir, self.cache, vocab, cfg.eval.top_k)
 
@@ -43,8 +43,8 @@ class Validator:
         """Score `model` at `state.step`; the first call sets `state.baseline`. Logs metrics, token-statistics files
         and tags, and appends to `state.history`."""
         t0 = time.time()
-        results = evaluate(model, self.eval_sets, self.rank, self.world, self.micro_batch, self.max_samples,
-                           self.device, per_token=self.per_token)
+        results = evaluate(model, self.eval_sets, self.dist, self.micro_batch, self.max_samples,
+                           per_token=self.per_token)
         if state.baseline is None:
             state.baseline = baseline_of(results)
         metrics = eval_metrics(results, state.baseline)
@@ -64,7 +64,7 @@ class Validator:
                               "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})
         table = ", ".join(f"{n} {r.ppl:.2f}" for n, r in results.items())
         table += "".join(f", {k.split('/', 1)[1]} {v:.4g}" for k, v in metrics.items() if k.startswith(("task/", "weights/")))
-        log(self.rank, f"eval @ step {state.step} ({time.time() - t0:.1f}s): ppl {table}")
+        log(f"eval @ step {state.step} ({time.time() - t0:.1f}s): ppl {table}")
         return results
 
     def task_metrics(self, model, step: int) -> dict[str, float]:
@@ -72,8 +72,8 @@ class Validator:
         and the mean |Δw| to the base model (`weights/mean_abs_delta`; step 0 takes the snapshot)."""
         out, tc = {}, self.task_cfg
         for name, ts in self.task_sets.items():
-            score, n = score_task(model, ts, 0, tc.examples, tc.micro_batch or self.micro_batch, self.rank, self.world,
-                                  self.device, tc.max_new_tokens)
+            score, n = score_task(model, ts, 0, tc.examples, tc.micro_batch or self.micro_batch, self.dist,
+                                  tc.max_new_tokens)
             out[f"task/{name}/{ts.metric}"] = score
         if self.weight_delta is not None:
             module = getattr(model, "module", model)
@@ -81,12 +81,12 @@ class Validator:
                 self.weight_delta.snapshot(module)
                 out["weights/mean_abs_delta"] = 0.0  # curves start at the base
             elif self.weight_delta.base is not None:
-                out["weights/mean_abs_delta"] = self.weight_delta.measure(module, self.device)
+                out["weights/mean_abs_delta"] = self.weight_delta.measure(module)
         return out
 
     def curves(self, state: RunState, name: str = "degradation.png") -> Path | None:
         """Rank 0: every eval's perplexity and ratio to step 0 against tokens seen, as curves/<name>."""
-        if self.rank != 0 or not state.history:
+        if not self.dist.main or not state.history:
             return None
         png = degradation_curves(state.history, self.train_domains, self.run_dir / "curves" / name)
         self.tracker.log_artifact(png, "curves")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from trainer.dist import Dist
+
 
 def _local(p: torch.nn.Parameter) -> tuple[torch.Tensor, int]:
     """This rank's elements of a parameter and how many of them are real (a ZeRO-3 partition is padded at its end)."""
@@ -22,8 +24,9 @@ def _local(p: torch.nn.Parameter) -> tuple[torch.Tensor, int]:
 
 
 class WeightDelta:
-    def __init__(self, run_dir: Path, rank: int, world: int):
-        self.path = Path(run_dir) / "base_weights" / f"rank{rank}_of{world}.pt"
+    def __init__(self, run_dir: Path, dist: Dist):
+        self.path = Path(run_dir) / "base_weights" / f"rank{dist.rank}_of{dist.world}.pt"
+        self.device = dist.device
         self.base: dict[str, torch.Tensor] | None = None
 
     def snapshot(self, model) -> None:
@@ -45,8 +48,9 @@ class WeightDelta:
         return True
 
     @torch.no_grad()
-    def measure(self, model, device) -> float:
+    def measure(self, model) -> float:
         """Mean |w - w0| over all parameter elements of the model (all ranks call this together)."""
+        device = self.device
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         sharded = False
         for name, p in model.named_parameters():

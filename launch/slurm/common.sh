@@ -2,7 +2,7 @@
 # Variables a user may set (sbatch passes the submitting shell's environment on by default):
 #   PYTHON        the python with odyssey installed (default: python on PATH)
 #   ODYSSEY_LOGS  folder for task logs (default: logs, relative to the submit directory)
-#   MASTER_ADDR / MASTER_PORT   rendezvous (default: first node's IP / 20000 + job id % 20000)
+#   MASTER_ADDR / MASTER_PORT   rendezvous (default: first node's IP / this job's port, launch/hostfile.py: master_port)
 
 odyssey_die() { echo "odyssey: error: $*" >&2; exit 2; }
 
@@ -13,7 +13,10 @@ odyssey_slurm_env() {
   if [[ -z "${MASTER_ADDR:-}" ]]; then
     MASTER_ADDR=$("$PYTHON" -m launch.hostfile --from-slurm --master-addr) || exit 2
   fi
-  export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
+  if [[ -z "${MASTER_PORT:-}" ]]; then
+    MASTER_PORT=$("$PYTHON" -m launch.hostfile --from-slurm --master-port) || exit 2
+  fi
+  export MASTER_ADDR MASTER_PORT
   # one name for the logs of this job, or of this array task
   JOB_TAG=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
   JOB_TAG=${JOB_TAG:-$SLURM_JOB_ID}

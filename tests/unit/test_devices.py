@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from trainer import engine as eng
+from trainer.dist import Dist, select_device
 from trainer.config import ConfigError
 from trainer.data import loader_workers
 from trainer.meter import peak_tflops_for
@@ -25,20 +26,20 @@ def gpus(monkeypatch):
 
 
 def test_local_rank_1_maps_to_cuda_1(gpus):
-    assert eng.select_device(1) == torch.device("cuda", 1)
+    assert select_device(1) == torch.device("cuda", 1)
     assert gpus == [1]
 
 
 def test_local_rank_beyond_visible_gpus_is_one_line(gpus, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with pytest.raises(ConfigError, match=r"LOCAL_RANK=8 but this node has 8 GPU\(s\) visible"):
-        eng.select_device(8)
+        select_device(8)
 
 
 def test_cpu_without_gpus():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert eng.select_device(1) == torch.device("cpu")
+    assert select_device(1) == torch.device("cpu")
     assert eng.resolve_dtype("auto") == "fp32"
 
 
@@ -99,7 +100,7 @@ def test_mfu_peak_matches_dtype():
 
 
 def test_step_stats_flags_bad_losses_on_the_device():
-    stats = StepStats(torch.device("cpu"), world=1, spike_factor=10.0)
+    stats = StepStats(Dist(), spike_factor=10.0)
     stats.begin(loss_ema=None)
     stats.add(torch.tensor(2.0))
     stats.add(torch.tensor(4.0))

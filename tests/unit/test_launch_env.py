@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from launch.hostfile import LaunchError, hostfile_text, master_addr
-from trainer.engine import slurm_master_port, slurm_rank_env
+from launch.hostfile import DEFAULT_PORT, LaunchError, hostfile_text, master_addr, master_port
+from trainer.dist import launched_rank, slurm_rank_env
 
 
 def test_hostfile_and_master_addr():
@@ -37,10 +37,31 @@ def test_slurm_ids_become_rank_env():
             "SLURM_STEP_TASKS_PER_NODE": "4(x2),4", "SLURM_JOB_ID": "123456", "MASTER_ADDR": "10.0.0.1"}
     env = slurm_rank_env(step)
     assert env == {"RANK": "9", "LOCAL_RANK": "1", "WORLD_SIZE": "12", "LOCAL_WORLD_SIZE": "4",
-                   "MASTER_PORT": str(slurm_master_port("123456"))}
+                   "MASTER_PORT": str(master_port("123456"))}
     uneven = {**step, "SLURM_STEP_TASKS_PER_NODE": "3,2(x2)", "SLURM_NODEID": "0"}
     assert slurm_rank_env(uneven)["LOCAL_WORLD_SIZE"] == "3"
     # a launcher already set RANK, or this is the batch script / an salloc shell (no step): leave it alone
     assert slurm_rank_env({**step, "RANK": "0"}) == {}
     assert slurm_rank_env({k: v for k, v in step.items() if k != "SLURM_STEP_NUM_TASKS"}) == {}
-    assert slurm_master_port("123456") == 20000 + 123456 % 20000
+    assert master_port("123456") == 20000 + 123456 % 20000
+
+
+def test_one_port_rule_for_python_and_the_scripts():
+    """The scripts ask launch.hostfile for the port, so the shell and the Python side cannot drift apart."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MASTER_PORT"}
+    ask = [sys.executable, "-m", "launch.hostfile", "--master-port"]
+    r = subprocess.run(ask + ["--from-slurm"], env={**env, "SLURM_JOB_ID": "123456"}, capture_output=True, text=True)
+    assert r.returncode == 0 and int(r.stdout) == master_port("123456") == 20000 + 123456 % 20000
+    r = subprocess.run(ask + ["--hosts", "a,b"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and int(r.stdout) == master_port() == DEFAULT_PORT == 29500
+    r = subprocess.run(ask + ["--hosts", "a"], env={**env, "MASTER_PORT": "31337"}, capture_output=True, text=True)
+    assert int(r.stdout) == 31337  # the user's choice wins
+    assert master_port("study-a") == master_port("study-a") != master_port("study-b")  # stable across processes
+    assert 20000 <= master_port("study-a") < 40000
+
+
+def test_launched_rank():
+    assert not launched_rank({})
+    assert launched_rank({"RANK": "0"})  # deepspeed, torchrun
+    assert launched_rank({"SLURM_PROCID": "3", "SLURM_STEP_NUM_TASKS": "8"})  # an srun step
+    assert not launched_rank({"SLURM_PROCID": "0", "SLURM_JOB_ID": "7"})  # the batch script or an salloc shell

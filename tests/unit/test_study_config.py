@@ -46,32 +46,33 @@ def test_runs_are_model_slash_domain_only_with_several_models():
     assert one.model_list[0].dtype == "bf16" and one.model_list[0].reference.name == "ref"
 
 
-def test_sources_are_prepared_once_per_spec_and_again_when_it_changes(tmp_path):
+def test_sources_are_prepared_once_per_spec_and_again_when_it_changes(tmp_path, capsys):
     texts = tiny.prose_docs(60)
     tok = tiny.build_tokenizer(tmp_path / "tok", texts, vocab_size=300)
     src = tiny.write_text_dir(tmp_path / "raw", texts)
-    lines = []
-
     def cfg(**prep):
         return study(out_dir=str(tmp_path / "s"), prep={"seq_len": 32, "workers": 0, **prep},
                      models=[{"name": "a", "path": str(tok)}], reference={"name": "ref", "source": str(src)},
                      domains=[{"name": "x", "source": str(src)}, {"name": "y", "path": "/d/y"}])
 
+    def said() -> list[str]:  # the study's console lines since the last call
+        return [line.removeprefix("[study] ") for line in capsys.readouterr().out.splitlines()]
+
     s = cfg()
-    paths = model_paths(s, s.model_list[0], say=lines.append)
+    paths = model_paths(s, s.model_list[0])
+    lines = said()
     assert paths == planned_paths(s, s.model_list[0], tokenizer_fingerprint(tokenizer_of(tok)))
     assert paths["y"].as_posix() == "/d/y"
     assert paths["x"].parent == paths["ref"].parent and paths["x"].parent.parent == tmp_path / "s" / "prepared"
     assert sum(line.startswith("preparing") for line in lines) == 2
-    lines.clear()
-    model_paths(s, s.model_list[0], say=lines.append)
-    assert lines == []  # the same spec: reused
+    model_paths(s, s.model_list[0])
+    assert said() == []  # the same spec: reused
     shutil.copytree(tok, tmp_path / "same_tok")  # another model folder with the same tokenizer (GPT-2 S and L)
     twin = s.model_list[0].model_copy(update={"name": "b", "path": str(tmp_path / "same_tok")})
-    assert model_paths(s, twin, say=lines.append) == paths and lines == []  # shared, not prepared again
+    assert model_paths(s, twin) == paths and said() == []  # shared, not prepared again
     s = cfg(seq_len=16)
-    model_paths(s, s.model_list[0], say=lines.append)
-    assert sum(line.startswith("preparing") for line in lines) == 2  # a new seq_len: prepared again
+    model_paths(s, s.model_list[0])
+    assert sum(line.startswith("preparing") for line in said()) == 2  # a new seq_len: prepared again
 
 
 def tokenizer_of(path):

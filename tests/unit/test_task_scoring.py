@@ -12,6 +12,7 @@ from analysis.task_scores import CROSS, IN, OUT, cell_kind, cut_generation, gene
 from data_prep.config import validate
 from data_prep.tasks import TaskCfg, prepare_task
 from tests import tiny
+from trainer.dist import Dist
 from trainer.task_eval import TaskSet, example_scores, greedy, label_logprobs, open_task_set, score_task
 
 LABELS = {"0": " riverbank", "1": " mountain ridge", "2": " the"}
@@ -75,7 +76,7 @@ def test_k_shot_prompts_carry_the_pools_first_examples(setup):
 
 
 def test_score_task_single_rank_counts_every_example(setup):
-    acc, n = score_task(setup["model"], setup["task"], 0, 7, 3, 0, 1, torch.device("cpu"))
+    acc, n = score_task(setup["model"], setup["task"], 0, 7, 3, Dist())
     assert n == 7 and 0.0 <= acc <= 1.0 and (acc * 7) == pytest.approx(round(acc * 7))
 
 

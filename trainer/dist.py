@@ -1,0 +1,95 @@
+"""Where this process runs in a job: its rank, the world, its node-local rank and its device, as one `Dist` value that
+components take whole (as litgpt passes its `fabric`), and how a process learns it from its launcher.
+
+Launchers say it through the environment: the deepspeed launcher and torchrun set RANK / LOCAL_RANK / WORLD_SIZE /
+MASTER_*; srun sets SLURM_PROCID and friends, mapped here. A process with none of them is a world of one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from data_prep.config import ConfigError
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This rank of the job. `Dist()` is a world of one on the CPU (a plain process, a unit test)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the one rank that writes shared files, logs to MLflow and prints."""
+        return self.rank == 0
+
+
+def in_srun_step(env: Mapping[str, str]) -> bool:
+    """Inside an srun step, one task per device. A batch script or an salloc shell also carries SLURM_PROCID, and
+    taking it there would wait for ranks that never start; only a step sets SLURM_STEP_NUM_TASKS."""
+    return "SLURM_STEP_NUM_TASKS" in env and "SLURM_PROCID" in env
+
+
+def launched_rank(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process is one rank of a started job (deepspeed, torchrun or srun started it) rather than a
+    command someone typed: checks that run once per job, and local launches, happen only in the latter."""
+    env = os.environ if env is None else env
+    return "RANK" in env or in_srun_step(env)
+
+
+def slurm_rank_env(env: Mapping[str, str]) -> dict[str, str]:
+    """RANK/LOCAL_RANK/WORLD_SIZE/LOCAL_WORLD_SIZE/MASTER_* from SLURM's ids, for one task per device started by srun;
+    only inside an srun step and only where no launcher set RANK."""
+    if "RANK" in env or not in_srun_step(env):
+        return {}
+    out = {"RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+           "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"]}
+    # SLURM_STEP_TASKS_PER_NODE looks like "2(x3),1": this node's count is the entry for SLURM_NODEID
+    counts = []
+    for part in env.get("SLURM_STEP_TASKS_PER_NODE", out["WORLD_SIZE"]).split(","):
+        n, _, times = part.partition("(x")
+        counts += [n] * int(times.rstrip(")") or 1)
+    out["LOCAL_WORLD_SIZE"] = counts[min(int(env.get("SLURM_NODEID", "0")), len(counts) - 1)]
+    from launch.hostfile import master_addr, master_port, slurm_hosts
+
+    if "MASTER_ADDR" not in env:
+        out["MASTER_ADDR"] = master_addr(slurm_hosts(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"]))
+    if "MASTER_PORT" not in env:
+        out["MASTER_PORT"] = str(master_port(env.get("SLURM_JOB_ID", "0")))
+    return out
+
+
+def select_device(local_rank: int) -> torch.device:
+    """This rank's device: GPU `local_rank`, made current before anything touches CUDA (else every rank's first
+    allocation, and NCCL's communicator, land on cuda:0). CPU where there is no GPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPU(s) visible "
+                          f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed() -> Dist:
+    """Join the process group started by deepspeed/srun/torchrun, or a world of one when run as a plain process."""
+    import deepspeed
+
+    from launch.hostfile import master_port
+
+    os.environ.update(slurm_rank_env(dict(os.environ)))
+    for var, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"),
+                         ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(master_port(os.getpid())))):
+        os.environ.setdefault(var, default)
+    # mosaicml-streaming needs LOCAL_WORLD_SIZE; the deepspeed launcher only sets LOCAL_SIZE (see docs/PITFALLS.md).
+    os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ["WORLD_SIZE"]))
+    local_rank = int(os.environ["LOCAL_RANK"])
+    device = select_device(local_rank)
+    deepspeed.init_distributed(dist_backend=None, verbose=False)
+    return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
