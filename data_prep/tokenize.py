@@ -109,14 +109,20 @@ def encode_all(work: Iterable[Batch], tokenizer_json: str, eos_id: int, workers:
 HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
 
 
+def check_model_path(path: str, what: str) -> str:
+    """`path` when it can name a model: an existing local folder, or a hub name `org/model` (loadable where the
+    machine is online); else one line naming the setting `what` (e.g. model.path)."""
+    if not Path(path).exists() and not HUB_NAME.fullmatch(path):
+        raise ConfigError(f"{what} not found: {path} (a local model folder, or a hub name like org/model)")
+    return path
+
+
 def load_tokenizer(path: str, what: str = "tokenizer", trust_remote_code: bool = False):
     """The fast tokenizer at `path` (a local folder, or a hub name `org/model` where the machine is online), with the
     EOS token that packing puts between documents. `what` names the setting in the error (e.g. model.path)."""
     from transformers import AutoTokenizer
 
-    path = str(path)
-    if not Path(path).exists() and not HUB_NAME.fullmatch(path):
-        raise ConfigError(f"{what} not found: {path} (a local model folder, or a hub name like org/model)")
+    path = check_model_path(str(path), what)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:  # offline hub name, missing files, gated repo, not a tokenizer

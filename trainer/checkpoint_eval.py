@@ -112,7 +112,7 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
                     folder, name, fast=fast, rank=dist.rank, share=dist.world) if kind == "deepspeed" else {})
                 if marker is None:
                     continue
-                if tracker.enabled and tracker.run_key is None:
+                if tracker.enabled and tracker.journal_key is None:
                     tracker.start(f"{cfg.run.name}-eval" if new_run else cfg.tracking.run_name or cfg.run.name,
                                   None if new_run else marker.get("mlflow_run_id"), reopen=False)
                 if state.baseline is None:

@@ -16,26 +16,27 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def read_records(path: Path) -> list[dict]:
+    """The records of a JSONL file this project appends to (a journal, evaluate-tasks' cells): a line torn by a crash
+    mid-write is skipped, since the call or cell it held never completed."""
+    out = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
 class Journal:
     def __init__(self, folder: Path, name: str):
         self.folder = folder
         self.path = folder / f"{name}.jsonl"
         self.sent_path = folder / f"{name}.sent"
-        self.records = self._read()
+        self.records = read_records(self.path)
         self.seq = self.records[-1]["seq"] if self.records else 0
         self._file = None
         self.write_error: str | None = None
-
-    def _read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line torn by a crash mid-write: that call never returned
-        return out
 
     def append(self, record: dict) -> dict:
         """Give the record the next seq and write it (flushed, not fsynced: a step must not wait on the disk). A

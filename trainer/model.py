@@ -2,8 +2,6 @@
 `HfDeepSpeedConfig` alive for ZeRO-3, `from_pretrained` itself builds the model sharded (deepspeed.zero.Init)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from data_prep import tokenize
@@ -41,8 +39,7 @@ def load_model(cfg: ModelCfg):
     """The HF model in the configured dtype (`auto` resolved here, as the engine's JSON resolves it)."""
     from transformers import AutoModelForCausalLM
 
-    if not Path(cfg.path).exists() and not tokenize.HUB_NAME.fullmatch(cfg.path):
-        raise ConfigError(f"model.path not found: {cfg.path} (a local model folder, or a hub name like org/model)")
+    tokenize.check_model_path(cfg.path, "model.path")
     dtype = resolve_dtype(cfg.dtype)
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": cfg.trust_remote_code}
     attn = resolve_attn_impl(cfg.attn_impl, dtype)

@@ -33,6 +33,7 @@ from data_prep.tasks import template_list
 from trainer.args import matrix_arguments, rank_args
 from trainer.config import ConfigError, ModelCfg, TrackingCfg
 from trainer.dist import Dist, init_distributed
+from trainer.journal import read_records
 from trainer.model import load_model, load_tokenizer, resolve_dtype
 from trainer.task_eval import open_task_rows, score_task, task_set
 from trainer.tracking import Tracker
@@ -176,14 +177,7 @@ def _content(path: str | None) -> str | None:
 
 def done_cells(out: Path) -> list[dict]:
     """The cells scored before; a line cut short by a crash is skipped (that cell is scored again)."""
-    path = out / CELLS
-    cells = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            cells.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return cells
+    return read_records(out / CELLS)
 
 
 def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int]], opened: dict,
@@ -206,7 +200,7 @@ def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int
             with open(out / CELLS, "a") as f:
                 f.write(json.dumps(cell) + "\n")
         log(f"{m.name} × {test.name} {shots}-shot: {ts.metric} {score:.4f} ({n} examples, "
-                  f"{cell['seconds']}s)")
+            f"{cell['seconds']}s)")
     del model, keep
     gc.collect()
     return cells

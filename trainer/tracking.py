@@ -80,18 +80,23 @@ class Tracker:
         self.artifact_root = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts" \
             if self.uri.startswith("sqlite:///") else None
         self.journal = Journal(run_dir / "mlflow", journal) if enabled else None
-        self.run_key: str | None = None  # the journal's name of this run: its MLflow id, or "pending-…" until created
+        # the journal's name of this run: its MLflow id, or "pending-…" until created
+        self.journal_key: str | None = None
         self._queue: queue.Queue = queue.Queue()
         self._down_since: float | None = None
         self._hurry = threading.Event()  # set while end() waits: retry every second instead of backing off
         self._logged: set[tuple[str, int]] = set()
+        self._tokens_step: int | None = None  # the last step `train/tokens_seen` went with
+        # journal op → the call that sends it: one table, so a reader sees every op the journal can hold
+        self._senders = {"create": self._create, "resume": self._resume, "params": self._params,
+                         "metrics": self._metrics, "artifact": self._artifact, "tag": self._tag, "end": self._end}
         self._client = None
         self.attached = False  # logging into a run someone else opened and ends (start with reopen=False)
 
     @property
     def run_id(self) -> str | None:
         """The MLflow run id (None while the run waits to be created on an unreachable server)."""
-        return self.journal.run_id(self.run_key) if self.enabled else None
+        return self.journal.run_id(self.journal_key) if self.enabled else None
 
     @property
     def client(self):
@@ -123,18 +128,18 @@ class Tracker:
         for key in abandoned:
             self._put({"op": "end", "run": key, "status": "FAILED"})
         if run_id is None:
-            self.run_key = f"pending-{uuid.uuid4().hex[:12]}"
-            self._put({"op": "create", "run": self.run_key, "name": run_name, "experiment": self.experiment,
+            self.journal_key = f"pending-{uuid.uuid4().hex[:12]}"
+            self._put({"op": "create", "run": self.journal_key, "name": run_name, "experiment": self.experiment,
                        "tags": {k: redact(str(v)) for k, v in (tags or {}).items()}})
         else:
-            self.run_key = run_id
+            self.journal_key = run_id
             if reopen:
                 self._put({"op": "resume", "run": run_id})
             else:
                 self.attached = True
         if resume_step is not None:
-            self._logged = self.journal.logged_after(self.run_key, resume_step)
-        return self.run_key
+            self._logged = self.journal.logged_after(self.journal_key, resume_step)
+        return self.journal_key
 
     def _create_now(self, run_name: str, tags: dict[str, str]) -> str:
         record = {"run": None, "name": run_name, "experiment": self.experiment,
@@ -150,28 +155,32 @@ class Tracker:
         self._queue.put(self.journal.append(record))
         if self.journal.write_error and not noted:
             log(f"cannot write the MLflow journal {self.journal.path} ({self.journal.write_error}); calls go "
-                   f"to MLflow from memory, and those still unsent when the job ends are lost")
+                f"to MLflow from memory, and those still unsent when the job ends are lost")
 
     def log_params(self, params: dict[str, str]) -> None:
         if self.enabled:
-            self._put({"op": "params", "run": self.run_key, "params": params})
+            self._put({"op": "params", "run": self.journal_key, "params": params})
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int, tokens_seen: int | None = None) -> None:
+        """With `tokens_seen`, `train/tokens_seen` goes with the step's metrics, once per step (training and eval
+        metrics of one step both pass it), so any curve can be drawn against tokens."""
+        if tokens_seen is not None and step != self._tokens_step:
+            metrics, self._tokens_step = {**metrics, "train/tokens_seen": tokens_seen}, step
         if not self.enabled or not metrics:
             return
         fresh = {k: float(v) for k, v in metrics.items() if (k, step) not in self._logged}
         if fresh:
-            self._put({"op": "metrics", "run": self.run_key, "step": step, "time": int(time.time() * 1000),
+            self._put({"op": "metrics", "run": self.journal_key, "step": step, "time": int(time.time() * 1000),
                        "metrics": fresh})
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.enabled:
-            self._put({"op": "artifact", "run": self.run_key, "path": str(Path(path).resolve()),
+            self._put({"op": "artifact", "run": self.journal_key, "path": str(Path(path).resolve()),
                        "artifact_path": artifact_path})
 
     def set_tag(self, key: str, value: Any) -> None:
         if self.enabled:
-            self._put({"op": "tag", "run": self.run_key, "key": key, "value": redact(str(value))})
+            self._put({"op": "tag", "run": self.journal_key, "key": key, "value": redact(str(value))})
 
     # --- waiting
     def flush(self, timeout: float | None = None) -> bool:
@@ -186,9 +195,9 @@ class Tracker:
 
     def end(self, status: str = "FINISHED", wait_s: float = 60.0) -> bool:
         """Close the run with `status` (FINISHED, FAILED, KILLED), then `drain`. Returns whether all was sent."""
-        if not self.enabled or self.run_key is None:
+        if not self.enabled or self.journal_key is None:
             return True
-        self._put({"op": "end", "run": self.run_key, "status": status})
+        self._put({"op": "end", "run": self.journal_key, "status": status})
         return self.drain(wait_s)
 
     def close(self, wait_s: float = 60.0, error: BaseException | None = None) -> bool:
@@ -202,7 +211,7 @@ class Tracker:
     def drain(self, wait_s: float = 60.0) -> bool:
         """Before the process exits: wait up to `wait_s` for an unreachable server, then leave the rest in the
         journal and say how to send it. Returns whether everything was sent."""
-        if not self.enabled or self.run_key is None:
+        if not self.enabled or self.journal_key is None:
             return True
         self._hurry.set()
         deadline = time.time() + wait_s
@@ -211,7 +220,7 @@ class Tracker:
         left = self._queue.unfinished_tasks
         if left:
             log(f"MLflow at {self.uri} unreachable: {left} call(s) kept in {self.journal.path}; they are sent by "
-                   f"the next start of this run, or now with: odyssey sync {self.run_dir}")
+                f"the next start of this run, or now with: odyssey sync {self.run_dir}")
         return not left
 
     # --- the writer thread
@@ -224,7 +233,7 @@ class Tracker:
                 delay = 1.0 if self._hurry.is_set() else min(2 * delay, RETRY_MAX_S)
             if self._down_since is not None:
                 log(f"MLflow at {self.uri} reachable again after {time.time() - self._down_since:.0f}s; "
-                       f"replaying the journal")
+                    f"replaying the journal")
                 self._down_since = None
             try:
                 self.journal.mark_sent(record["seq"])
@@ -235,8 +244,12 @@ class Tracker:
 
     def _send(self, record: dict) -> bool:
         """One journal record to MLflow: True when done (or refused for good), False to retry later."""
+        send = self._senders.get(record["op"])
+        if send is None:  # a journal written by a newer Odyssey
+            log(f"MLflow call #{record['seq']}: unknown op {record['op']!r}; skipped")
+            return True
         try:
-            getattr(self, f"_{record['op']}")(record)
+            send(record)
             return True
         except Exception as err:  # the writer must survive anything the store raises
             why = redact(str(err)).splitlines()[0][:300] if str(err) else type(err).__name__
@@ -250,7 +263,7 @@ class Tracker:
             if self._down_since is None:
                 self._down_since = time.time()
                 log(f"MLflow at {self.uri} unreachable ({why}); nothing waits for it: calls are kept in "
-                       f"{self.journal.path} and sent when it is back")
+                    f"{self.journal.path} and sent when it is back")
             return False
 
     def _id(self, record: dict) -> str:

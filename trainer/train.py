@@ -136,7 +136,7 @@ class Trainer:
         self.ledger.truncate_after(self.state.step)  # steps after the checkpoint are replayed
         save_s = json.loads((self.ckpt_root / tag / checkpoint.COMPLETE).read_text()).get("save_s")
         log(f"resumed from {self.ckpt_root / tag} at step {self.state.step} ({self.state.tokens_seen:,} "
-                       f"tokens seen; loaded in {time.time() - t0:.1f}s, saved in {save_s}s)")
+            f"tokens seen; loaded in {time.time() - t0:.1f}s, saved in {save_s}s)")
         self._check_grace(save_s)
 
     def _rewound(self, set_aside: Path) -> None:
@@ -144,8 +144,8 @@ class Trainer:
         logged past it, so this attempt logs those steps again beside them, and the run says so."""
         step = self.state.step
         log(f"resumed from step {step}, older than the newest checkpoint: the newer ones were moved to "
-                       f"{set_aside} (nothing deleted); MLflow keeps the points logged past step {step} by the "
-                       f"abandoned attempt, and this one logs those steps again (tag odyssey.rewound_to)")
+            f"{set_aside} (nothing deleted); MLflow keeps the points logged past step {step} by the "
+            f"abandoned attempt, and this one logs those steps again (tag odyssey.rewound_to)")
         self.tracker.set_tag("odyssey.rewound_to", f"step {step}; abandoned checkpoints in {set_aside}")
 
     def _record_run(self) -> None:
@@ -180,16 +180,16 @@ class Trainer:
             if not loaded.item():
                 delta.base = None
                 log(f"no base-weight snapshot for world size {self.world} in {delta.path.parent}: "
-                               f"weights/mean_abs_delta is not logged in this attempt")
+                    f"weights/mean_abs_delta is not logged in this attempt")
         return delta
 
     def _announce(self) -> None:
         log(f"world {self.world}, {self.n_params / 1e6:.1f}M params ({self.n_local / 1e6:.1f}M on rank 0), "
-                       f"seq_len {self.seq_len}, {self.tokens_per_step:,} tokens/step, steps {self.state.step}→"
-                       f"{self.max_steps}, MLflow run {self.state.mlflow_run_id} at {self.tracker.uri}")
+            f"seq_len {self.seq_len}, {self.tokens_per_step:,} tokens/step, steps {self.state.step}→"
+            f"{self.max_steps}, MLflow run {self.state.mlflow_run_id} at {self.tracker.uri}")
         log(f"device {self.device}, {self.cfg.model.dtype}, attention "
-                       f"{self.attn_impl}, {self.optimizer_choice}, "
-                       f"{self.loader.num_workers} loader worker(s) per rank"
+            f"{self.attn_impl}, {self.optimizer_choice}, "
+            f"{self.loader.num_workers} loader worker(s) per rank"
                        + (", pinned batches" if self.loader.pin_memory else ""))
 
     # --- the step
@@ -247,15 +247,15 @@ class Trainer:
         tokens_per_s, util = self.meter.read()
         metrics = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_per_s,
                    "train/tokens_per_s_per_device": tokens_per_s / self.world,
-                   "train/tokens_seen": self.state.tokens_seen, "train/epoch": self.batches.epoch}
+                   "train/epoch": self.batches.epoch}
         grad_norm = self.engine.get_global_grad_norm()  # a device scalar under ZeRO: read on log steps only
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
         if util is not None:
             metrics["train/mfu"] = util
-        self.tracker.log_metrics(metrics, step)
+        self.tracker.log_metrics(metrics, step, tokens_seen=self.state.tokens_seen)
         log(f"step {step}/{self.max_steps} loss {loss:.4f} lr {metrics['train/lr']:.2e} "
-                       f"{tokens_per_s:,.0f} tok/s" + (f" mfu {util:.1%}" if util is not None else ""))
+            f"{tokens_per_s:,.0f} tok/s" + (f" mfu {util:.1%}" if util is not None else ""))
 
     # --- eval and save
     def evaluate(self, step: int) -> None:
@@ -282,8 +282,8 @@ class Trainer:
         grace = self.cfg.checkpoint.grace_s
         if grace and save_s and save_s > 0.8 * grace:
             log(f"warning: a checkpoint takes {save_s:.1f}s, checkpoint.grace_s is {grace:g}s: a "
-                           f"preemption would kill the save; signal earlier (sbatch --signal=B:USR1@"
-                           f"{int(2 * save_s) + 60}) or save more often (docs/TRAINING.md, Preemption)")
+                f"preemption would kill the save; signal earlier (sbatch --signal=B:USR1@"
+                f"{int(2 * save_s) + 60}) or save more often (docs/TRAINING.md, Preemption)")
 
     # --- the loop
     def fit(self) -> str | None:

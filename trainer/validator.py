@@ -48,8 +48,6 @@ class Validator:
         if state.baseline is None:
             state.baseline = baseline_of(results)
         metrics = eval_metrics(results, state.baseline)
-        if state.tokens_seen is not None:
-            metrics["train/tokens_seen"] = state.tokens_seen
         metrics.update(self.task_metrics(model, state.step))
         if self.token_stats is not None:
             token_metrics, tags, files = self.token_stats(results, state.step)
@@ -58,7 +56,7 @@ class Validator:
                 self.tracker.set_tag(key, value)
             for path, folder in files:
                 self.tracker.log_artifact(path, folder)
-        self.tracker.log_metrics(metrics, state.step)
+        self.tracker.log_metrics(metrics, state.step, tokens_seen=state.tokens_seen)
         state.history.append({"step": state.step, "tokens_seen": state.tokens_seen or 0,
                               "ppl": {n: r.ppl for n, r in results.items()},
                               "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})

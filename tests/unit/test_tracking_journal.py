@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+from trainer.journal import read_records
 from trainer.tracking import Tracker, sync
 
 
@@ -29,7 +30,7 @@ def test_unreachable_server_then_sync_then_resume_without_duplicates(tmp_path):
     assert key.startswith("pending-") and down.run_id is None
     assert not down.end("FINISHED", wait_s=1)
     assert time.time() - t0 < 30, "an unreachable server must not hold the caller"
-    assert len(down.journal.unsent()) == 0 and len(down.journal._read()) == 9  # nothing sent; this process' records
+    assert len(down.journal.unsent()) == 0 and len(read_records(down.journal.path)) == 9  # nothing sent; this process' records
 
     (run_dir / "config.yaml").write_text(f"tracking: {{uri: '{store}'}}\n")  # sync sends to the run's own URI
     r = subprocess.run([sys.executable, "-m", "odyssey", "sync", str(run_dir)], capture_output=True,
@@ -84,7 +85,7 @@ def test_a_crashed_attempt_ends_failed_and_a_refused_run_blocks_nothing(tmp_path
     runs = runs_by_name(store, "exp")
     assert sorted(runs) == ["first", "third"]
     assert runs["first"].info.status == "FAILED" and runs["third"].info.status == "FINISHED"
-    records = third.journal._read()
+    records = read_records(third.journal.path)
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))  # the torn line alone was lost
 
 
