@@ -1,6 +1,7 @@
 """Which tokens carry the change: per-token losses now against the base model's (step 0), summarised per vocabulary id,
 per token category and per position. Pure NumPy on full [samples, seq_len-1] arrays that every rank holds after
-evaluation (see evaluate.py); only rank 0 calls this.
+evaluation (see evaluate.py); only rank 0 calls this. `TokenStats` writes one eval's summary under
+<run_dir>/tokens/<domain>/ and returns its metrics, tags and files for the caller to log.
 
 Definitions (docs/ANALYSIS.md):
 - Δ of a token occurrence = its loss now − its loss under the base model; Δ_v = sum of Δ over occurrences of target id v.
@@ -14,8 +15,13 @@ import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from analysis.baseline import BaselineCache
+from analysis.plots import token_report
+from data_prep.console import log
 
 CATEGORIES = ("newline_whitespace", "punctuation", "digits", "function_words", "word_continuation", "other")
 
@@ -164,3 +170,42 @@ def table_frame(summary: dict, vocab: Vocab):
                        "category": [CATEGORIES[vocab.category[i]] for i in ids], **summary["table"]})
     return df.sort_values("delta_sum", ascending=False, kind="stable").reset_index(drop=True)
 
+
+class TokenStats:
+    """Token statistics of one eval against step 0, per domain: at step 0 the per-token losses are cached; later the
+    per-id, per-category and per-position comparison is written under <run_dir>/tokens/<domain>/step_<N>.*"""
+
+    def __init__(self, run_dir: Path, cache: BaselineCache, vocab: Vocab, top_k: int):
+        self.run_dir, self.cache, self.vocab, self.top_k = Path(run_dir), cache, vocab, top_k
+
+    def __call__(self, results: dict, step: int) -> tuple[dict[str, float], dict[str, str], list[tuple[Path, str]]]:
+        """(metrics, tags, [(file, artifact folder)]) for one eval; `results[name]` has .targets and .losses."""
+        metrics: dict[str, float] = {}
+        tags: dict[str, str] = {}
+        files: list[tuple[Path, str]] = []
+        for name, r in results.items():
+            if step == 0:
+                meta = self.cache.save(name, r.targets, r.losses)
+                tags.update({f"baseline.{name}.eval_set_hash": meta["eval_set_hash"],
+                             f"baseline.{name}.tokens": str(meta["tokens"]), "baseline.model_hash": meta["model_hash"]})
+                continue
+            base = self.cache.load(name, r.targets)
+            if base is None:
+                log(f"no step-0 baseline cached for '{name}' matching this eval set; token stats skipped")
+                continue
+            summary = summarize(r.targets, base, r.losses, self.vocab, self.top_k)
+            metrics[f"tokens/{name}/topk_share"] = summary["topk_share"]
+            for cat, share in summary["category_share"].items():
+                metrics[f"tokens/{name}/cat/{cat}_share"] = share
+            files += [(f, f"tokens/{name}") for f in self._write(summary, name, step)]
+        return metrics, tags, files
+
+    def _write(self, summary: dict, name: str, step: int) -> list[Path]:
+        folder = self.run_dir / "tokens" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        table_frame(summary, self.vocab).to_parquet(folder / f"step_{step}.parquet", index=False)
+        keep = ("total_delta", "tokens", "topk_share", "category_share", "category_count", "top_degrading",
+                "top_improving", "position")
+        (folder / f"step_{step}.json").write_text(json.dumps({k: summary[k] for k in keep}, indent=1))
+        token_report(summary, name, step, folder / f"step_{step}.png")
+        return [folder / f"step_{step}.{suffix}" for suffix in ("parquet", "json", "png")]

@@ -59,7 +59,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     elif args.setup:
         runs.setup_study(args.study)[1].drain()  # the parent run stays open for the array and the aggregation
     elif args.config_for is not None:
-        console.out(runs.domain_config(args.study, args.config_for))
+        console.out(runs.domain_config_path(args.study, args.config_for))
     elif args.aggregate:
         runs.aggregate_study(args.study)
     else:

@@ -176,7 +176,7 @@ def aggregate_study(path: str | Path) -> dict:
     return finish_study(study, tracker, similarity)
 
 
-def domain_config(path: str | Path, which: str) -> Path:
+def domain_config_path(path: str | Path, which: str) -> Path:
     """The run config of one run (a domain, or model/domain), by name or 0-based index (SLURM_ARRAY_TASK_ID);
     written by the setup."""
     study = load_study(path)

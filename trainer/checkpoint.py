@@ -114,7 +114,7 @@ def _owner(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _seal(folder: Path, names: list[str]) -> dict[str, list]:
+def _fsync_and_hash(folder: Path, names: list[str]) -> dict[str, list]:
     """fsync and hash files this rank wrote: on a shared filesystem only the writer's fsync reaches the disk."""
     out = {}
     for name in names:
@@ -143,7 +143,7 @@ def check_room(root: Path, step: int, dist: Dist) -> None:
     """Before a save, every rank agrees whether the disk can hold another checkpoint the size of the last one (the
     common full-disk case ends cleanly on every rank, before anything is written)."""
     try:
-        last = resolve(root, "auto") if root.is_dir() else ""
+        last = resume_tag(root, "auto") if root.is_dir() else ""
         need = sum(size for size, _ in json.loads((root / last / COMPLETE).read_text())["files"].values()) if last else 0
         free = _free_bytes(root)
     except (OSError, ValueError, KeyError):  # unmeasurable here: the save itself will say what is wrong
@@ -167,7 +167,7 @@ def _reason(err: BaseException) -> str:
     return lines[-1][:200]
 
 
-def _attempt(fn, *args, **kwargs) -> tuple[object, str | None]:
+def _try_part(fn, *args, **kwargs) -> tuple[object, str | None]:
     """Run one part of a save: (its result, None), or (None, its failure as one short reason)."""
     try:
         return fn(*args, **kwargs), None
@@ -175,7 +175,7 @@ def _attempt(fn, *args, **kwargs) -> tuple[object, str | None]:
         return None, _reason(err)
 
 
-def _agree(problem: str | None, dist: Dist, value=None) -> tuple[str | None, list]:
+def _agree_on_failure(problem: str | None, dist: Dist, value=None) -> tuple[str | None, list]:
     """Every rank learns the first failure of any rank ("rank R: why"), so that all of them stop together instead of
     the others waiting in the next collective until the launcher kills them; and every rank's `value`."""
     parts = _gather((f"rank {dist.rank}: {problem}" if problem else None, value), dist.world)
@@ -197,7 +197,7 @@ def _write_own_state(folder: Path, rank: int, client_state: dict) -> None:
 def _write_complete(root: Path, folder: Path, sealed: list[dict], marker: dict) -> None:
     """Rank 0, once every rank sealed its files: seal the shared ones and the folders, then COMPLETE, then latest."""
     files = {k: v for part in sealed for k, v in part.items()}
-    files.update(_seal(folder, [n for n in _files(folder) if n not in files]))
+    files.update(_fsync_and_hash(folder, [n for n in _files(folder) if n not in files]))
     for sub in {folder / n for n in files if "/" in n}:
         fsync(sub.parent)
     fsync(folder)
@@ -244,18 +244,20 @@ def save(engine, root: Path, step: int, client_state: dict, dist: Dist) -> tuple
     folder = root / tag_for(step)
     rank, world = dist.rank, dist.world
     check_room(root, step, dist)
-    problem, _ = _agree(_attempt(_fresh_folder, folder)[1] if rank == 0 else None, dist)
+    problem, _ = _agree_on_failure(_try_part(_fresh_folder, folder)[1] if rank == 0 else None, dist)
     if not problem:
-        local = _deepspeed_save(engine, folder, dist) or _attempt(_write_own_state, folder, rank, client_state)[1]
-        problem, _ = _agree(local, dist)
+        local = _deepspeed_save(engine, folder, dist) or \
+            _try_part(_write_own_state, folder, rank, client_state)[1]
+        problem, _ = _agree_on_failure(local, dist)
     if not problem:  # every rank's files are there: each seals the ones it wrote
-        sealed, local = _attempt(lambda: _seal(folder, [n for n in _files(folder) if _owner(n) % world == rank]))
-        problem, sealed = _agree(local, dist, sealed)
+        sealed, local = _try_part(
+            lambda: _fsync_and_hash(folder, [n for n in _files(folder) if _owner(n) % world == rank]))
+        problem, sealed = _agree_on_failure(local, dist, sealed)
     if not problem:
         marker = {"step": step, "world_size": world, "time": time.time(), "save_s": round(time.time() - t0, 3),
                   "tokens_seen": client_state.get("tokens_seen"), "mlflow_run_id": client_state.get("mlflow_run_id")}
-        local = _attempt(_write_complete, root, folder, sealed, marker)[1] if rank == 0 else None
-        problem, _ = _agree(local, dist)
+        local = _try_part(_write_complete, root, folder, sealed, marker)[1] if rank == 0 else None
+        problem, _ = _agree_on_failure(local, dist)
     if problem:
         if rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
@@ -331,13 +333,13 @@ def starting_tag(root: Path, resume: str | None, dist: Dist, fast: bool = False)
     if not resume:
         check_fresh_start(root)
         return ""
-    tag = resolve(root, resume)
+    tag = resume_tag(root, resume)
     if tag:
         verify(root, tag, dist.world, fast=fast, rank=dist.rank)
     return tag
 
 
-def resolve(root: Path, which: str) -> str:
+def resume_tag(root: Path, which: str) -> str:
     """The tag to resume from: 'auto' (the newest complete checkpoint, or none), 'latest', or an explicit tag."""
     if which == "auto":
         complete = sorted(p.name for p in root.glob("step_*") if (p / COMPLETE).is_file()) if root.is_dir() else []

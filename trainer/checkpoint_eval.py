@@ -28,7 +28,7 @@ from trainer.dist import init_distributed
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
 from trainer.state import RunState
 from trainer.tracking import Tracker
-from trainer.validator import Validator
+from trainer.eval_logger import EvalLogger
 
 DONE = "evaluated.json"  # in the checkpoints folder: tags already scored by odyssey eval
 
@@ -99,7 +99,7 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     tokenizer = load_tokenizer(cfg.model)
     domains, _ = check_domains(cfg, tokenizer_fingerprint(tokenizer))
     tracker = Tracker(folder.parent, cfg.tracking.experiment, enabled=dist.main, uri=cfg.tracking.uri, journal="eval")
-    validator = Validator(cfg, open_eval_sets(domains, cfg.eval.split), dist, tokenizer, tracker, folder.parent)
+    eval_logger = EvalLogger(cfg, open_eval_sets(domains, cfg.eval.split), dist, tokenizer, tracker, folder.parent)
     done_path = folder / DONE
     done = set(json.loads(done_path.read_text())) if done_path.is_file() and not new_run else set()
     state = RunState()  # baseline and history across the checkpoints; step and tokens_seen per checkpoint
@@ -116,13 +116,13 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
                     tracker.start(f"{cfg.run.name}-eval" if new_run else cfg.tracking.run_name or cfg.run.name,
                                   None if new_run else marker.get("mlflow_run_id"), reopen=False)
                 if state.baseline is None:
-                    score_baseline(validator, state, cfg, dist.device, list(domains), new_run)
+                    score_baseline(eval_logger, state, cfg, dist.device, list(domains), new_run)
                 t0 = time.time()
                 model = unless_pruned(folder, name, done, lambda: load_checkpoint_model(folder, name, kind, cfg.model))
                 if model is None:
                     continue
                 state.step, state.tokens_seen = step, marker.get("tokens_seen")
-                validator.run(model.to(dist.device, DTYPES[cfg.model.dtype]).eval(), state)
+                eval_logger.evaluate_and_log(model.to(dist.device, DTYPES[cfg.model.dtype]).eval(), state)
                 scored.append(step)
                 done.add(name)
                 if dist.main:
@@ -133,7 +133,7 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
             if not watch or finished:
                 break
             time.sleep(poll)
-        validator.curves(state, "degradation_eval.png")
+        eval_logger.curves(state, "degradation_eval.png")
     except BaseException as err:
         tracker.close(cfg.tracking.wait_s, err)
         raise
@@ -141,16 +141,16 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
     return scored
 
 
-def score_baseline(validator: Validator, state: RunState, cfg: Config, device, domains: list[str],
+def score_baseline(eval_logger: EvalLogger, state: RunState, cfg: Config, device, domains: list[str],
                    new_run: bool) -> None:
     """Step 0: from the run's cached per-token baseline, or by scoring the base model (and caching it) if missing."""
-    cached = None if new_run else baseline_from_cache(validator.cache, domains)
+    cached = None if new_run else baseline_from_cache(eval_logger.cache, domains)
     if cached is not None:
         state.baseline = cached
         return
     base_model = load_model(cfg.model).to(device).eval()
     state.step, state.tokens_seen = 0, 0
-    validator.run(base_model, state)
+    eval_logger.evaluate_and_log(base_model, state)
 
 
 def announce_scored(steps: list[int]) -> int:

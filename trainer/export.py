@@ -23,10 +23,10 @@ def locate(ckpt: Path, fast: bool = False) -> tuple[Path, str, Path]:
         root, tag = ckpt.parent, ckpt.name
     else:
         root = ckpt / "checkpoints" if (ckpt / "checkpoints").is_dir() else ckpt
-        tag = checkpoint.resolve(root, "auto")
+        tag = checkpoint.resume_tag(root, "auto")
         if not tag:
             raise CheckpointError(f"{ckpt}: no complete checkpoint found")
-    checkpoint.resolve(root, tag)  # complete?
+    checkpoint.resume_tag(root, tag)  # complete?
     checkpoint.verify(root, tag, fast=fast)
     run_dir = root.parent
     if not (run_dir / "config.yaml").is_file():

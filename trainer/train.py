@@ -39,7 +39,7 @@ from trainer.preempt import StopRequest
 from trainer.state import FINISHED, RunState
 from trainer.step_stats import StepStats
 from trainer.tracking import Tracker, params_for
-from trainer.validator import Validator
+from trainer.eval_logger import EvalLogger
 from trainer.weight_delta import WeightDelta
 
 # torch 2.14 deprecates the collectives DeepSpeed 0.19 calls on every step; the warning says nothing to our users.
@@ -93,10 +93,10 @@ class Trainer:
                                                       resume_step=self.state.step if tag and not set_aside else None)
         try:  # from here on a failure ends the MLflow run as FAILED rather than leaving it RUNNING
             if set_aside:
-                self._rewound(set_aside)
+                self._note_rewind(set_aside)
             if self.rank == 0 and not tag:
                 self._record_run()
-            self.validator = Validator(cfg, open_eval_sets(self.domains, cfg.eval.split), self.dist, tokenizer,
+            self.eval_logger = EvalLogger(cfg, open_eval_sets(self.domains, cfg.eval.split), self.dist, tokenizer,
                                        self.tracker, self.run_dir, self._weight_delta(tag))
             self.evals_at = eval_steps(cfg, self.max_steps)
             self.stats = StepStats(self.dist, cfg.optim.spike_factor)
@@ -139,7 +139,7 @@ class Trainer:
             f"tokens seen; loaded in {time.time() - t0:.1f}s, saved in {save_s}s)")
         self._check_grace(save_s)
 
-    def _rewound(self, set_aside: Path) -> None:
+    def _note_rewind(self, set_aside: Path) -> None:
         """A resume from a checkpoint older than the newest: MLflow cannot delete the points the abandoned attempt
         logged past it, so this attempt logs those steps again beside them, and the run says so."""
         step = self.state.step
@@ -213,7 +213,7 @@ class Trainer:
         loss, n_bad, stop = self.stats.result(accumulation)
         return loss, n_bad, stop, np.concatenate(used)
 
-    def _applied(self, loss: float, sample_ids: np.ndarray) -> None:
+    def _count_update(self, loss: float, sample_ids: np.ndarray) -> None:
         state = self.state
         state.step += 1
         state.tokens_seen += self.tokens_per_step
@@ -221,7 +221,7 @@ class Trainer:
         self.ledger.record(state.step, sample_ids)
         self.meter.steps += 1
 
-    def _skipped(self, n_bad: int, sample_ids: np.ndarray) -> str | None:
+    def _skip_update(self, n_bad: int, sample_ids: np.ndarray) -> str | None:
         """A step whose update DeepSpeed skipped; its samples were consumed, not trained on (ledger step -N). Bad
         losses count against optim.bad_loss / max_skipped; a skip DeepSpeed made on its own (non-finite gradients
         from a finite loss, an fp16 loss-scale overflow) does not. Returns why the run must stop, or None."""
@@ -260,7 +260,7 @@ class Trainer:
     # --- eval and save
     def evaluate(self, step: int) -> None:
         assert step == self.state.step, "evaluate the step the run is at"
-        self.validator.run(self.engine, self.state)
+        self.eval_logger.evaluate_and_log(self.engine, self.state)
         self.engine.train()
         self.meter.start_clock()  # eval time is not training time
 
@@ -298,11 +298,11 @@ class Trainer:
         while state.step < stop_at:
             loss, n_bad, stop, sample_ids = self.train_step()
             if n_bad or not self.engine.was_step_applied():  # DeepSpeed skipped the update: consumed, not trained on
-                stopped_by = self._skipped(n_bad, sample_ids) or (self.stop_request.name if stop else None)
+                stopped_by = self._skip_update(n_bad, sample_ids) or (self.stop_request.name if stop else None)
                 if stopped_by:
                     break
                 continue
-            self._applied(loss, sample_ids)
+            self._count_update(loss, sample_ids)
             step = state.step
             if step % cfg.run.log_interval == 0 or step == stop_at:
                 self.log_step(loss)
@@ -324,7 +324,7 @@ class Trainer:
         self.ledger.flush()
         if step != last_save and (step < self.max_steps or self.cfg.checkpoint.save_final):
             self.save(step)
-        self.validator.curves(state)
+        self.eval_logger.curves(state)
         if step >= self.max_steps:
             self.tracker.end("FINISHED", self.cfg.tracking.wait_s)
             if self.rank == 0:

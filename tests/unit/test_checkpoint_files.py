@@ -17,7 +17,7 @@ def sealed_folder(root):
     (folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt").write_bytes(bytes(range(256)) * 64)
     (folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt").write_bytes(b"\x01" * 5000)
     (folder / checkpoint.CLIENT_STATE).write_text(json.dumps({"step": 4}))
-    files = checkpoint._seal(folder, checkpoint._files(folder))
+    files = checkpoint._fsync_and_hash(folder, checkpoint._files(folder))
     marker = {"step": 4, "world_size": 2, "files": files}
     checkpoint.write_durable(folder / checkpoint.COMPLETE, json.dumps(marker))
     return folder
@@ -88,5 +88,5 @@ def test_going_back_sets_the_newer_checkpoints_aside(tmp_path):
     assert dest.parent == tmp_path / "set_aside" and dest.name.startswith("step_00000002-")
     assert sorted(p.name for p in dest.iterdir()) == ["step_00000004", "step_00000006", "step_00000008"]
     assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000002"]
-    assert checkpoint.resolve(tmp_path, "auto") == checkpoint.resolve(tmp_path, "latest") == "step_00000002"
+    assert checkpoint.resume_tag(tmp_path, "auto") == checkpoint.resume_tag(tmp_path, "latest") == "step_00000002"
     assert checkpoint.prune(tmp_path, 1, None) == [] and dest.is_dir()  # retention never reaches set-aside ones

@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 
 from analysis.baseline import BaselineCache, model_hash
-from analysis.metrics import TokenStats, baseline_of, eval_metrics, function_words
+from analysis.metrics import baseline_of, eval_metrics, function_words
 from analysis.plots import degradation_curves
-from analysis.tokenstats import Vocab
+from analysis.tokenstats import TokenStats, Vocab
 from data_prep.console import log
 from trainer.config import Config
 from trainer.dist import Dist
@@ -20,7 +20,10 @@ from trainer.tracking import Tracker
 from trainer.weight_delta import WeightDelta
 
 
-class Validator:
+class EvalLogger:
+    """Scores a model on every eval domain at one step and logs it against step 0 (`evaluate_and_log`), and draws
+    the run's curves; built once per run (training) or per `odyssey eval` process."""
+
     def __init__(self, cfg: Config, eval_sets: dict, dist: Dist, tokenizer, tracker: Tracker, run_dir: Path,
                  weight_delta: WeightDelta | None = None):
         self.eval_sets, self.dist, self.tracker = eval_sets, dist, tracker
@@ -39,7 +42,7 @@ class Validator:
             vocab = Vocab.from_tokenizer(tokenizer, function_words(cfg.eval.function_words))
             self.token_stats = TokenStats(self.run_dir, self.cache, vocab, cfg.eval.top_k)
 
-    def run(self, model, state: RunState) -> dict[str, DomainEval]:
+    def evaluate_and_log(self, model, state: RunState) -> dict[str, DomainEval]:
         """Score `model` at `state.step`; the first call sets `state.baseline`. Logs metrics, token-statistics files
         and tags, and appends to `state.history`."""
         t0 = time.time()
