@@ -11,10 +11,14 @@ import argparse
 import os
 import sys
 
-from data_prep import cli as prep_cli
-from data_prep.errors import guarded
-from study import cli as study_cli
-from trainer import cli as trainer_cli
+from odyssey.own_packages import check_own_packages
+
+check_own_packages()  # before importing them: a stranger's `trainer` would fail below, or half-work
+
+from data_prep import cli as prep_cli  # noqa: E402
+from data_prep.errors import guarded  # noqa: E402
+from study import cli as study_cli  # noqa: E402
+from trainer import cli as trainer_cli  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
