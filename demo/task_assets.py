@@ -23,7 +23,8 @@ import re
 import zipfile
 from pathlib import Path
 
-from demo.assets import AssetUnavailable, _pip_download, _python_manual_nodes, _spread, build_domains, say
+from data_prep.console import log
+from demo.assets import AssetUnavailable, _pip_download, _python_manual_nodes, _spread, build_domains
 
 INPUT_CHARS = 600  # every input is cut here: a prompt plus one FTICL demonstration fits 384 tokens, fast on a CPU
 HEADER = re.compile(r"\A---\n(.*?)\n---\n", re.S)
@@ -142,9 +143,9 @@ def build_tasks(out: Path) -> list[str]:
         try:
             build(out)
         except AssetUnavailable as err:
-            say(f"skipping {build.__name__}: {err}")
+            log(f"skipping {build.__name__}: {err}", tag="demo")
     built = sorted(p.name for p in out.iterdir() if p.is_dir())
-    say(f"task data in {out}: {', '.join(built)}")
+    log(f"task data in {out}: {', '.join(built)}", tag="demo")
     return built
 
 
