@@ -1,5 +1,5 @@
 """Which tokens carry the change: per-token losses now against the base model's (step 0), summarised per vocabulary id,
-per token category and per position. Pure NumPy on full [samples, seq_len-1] arrays that every rank holds after
+per token category and per position: NumPy on full [samples, seq_len-1] arrays that every rank holds after
 evaluation (see evaluate.py); only rank 0 calls this. `TokenStats` writes one eval's summary under
 <run_dir>/tokens/<domain>/ and returns its metrics, tags and files for the caller to log.
 

@@ -158,7 +158,7 @@ def _prep_tasks(args: argparse.Namespace) -> int:
         counts = {s: st["examples"] for s, st in m["splits"].items()}
         dropped = sum(st["dropped"] for st in m["splits"].values())
         console.out(f"prepared task '{task.name}' in {out}/{task.name} ({m['seconds']}s): examples {json.dumps(counts)}"
-              + (f", {dropped} dropped (target longer than max_len)" if dropped else ""))
+                    + (f", {dropped} dropped (target longer than max_len)" if dropped else ""))
     return 0
 
 
@@ -187,5 +187,5 @@ def run_prep(args: argparse.Namespace) -> int:
         summary = {s: {k: v for k, v in st.items() if k in ("docs", "samples", "tokens")}
                    for s, st in m["splits"].items()}
         console.out(f"prepared domain '{m['domain']}' in {spec['out']}/{m['domain']} ({m['seconds']}s, "
-              f"{m['tokens_per_s']:,} tok/s): {json.dumps(summary)}")
+                    f"{m['tokens_per_s']:,} tok/s): {json.dumps(summary)}")
     return 0

@@ -22,9 +22,10 @@ def log(msg: str, every_rank: bool = False, tag: str = "odyssey") -> None:
 
 
 def out(text: str = "", stderr: bool = False) -> None:
-    """A command's result (a table, a path, a verdict) as plain text on stdout (or stderr), from rank 0."""
-    if rank() == 0:
-        print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
+    """A command's result (a table, a path, a verdict) as plain text on stdout (or stderr). Printed whatever RANK
+    says: scripts read these (`eval "$(python -m data_prep.redact --env-file F)"`) from shells that may carry a
+    launcher's RANK; commands that print results run as one process, not as ranks."""
+    print(text, file=sys.stderr if stderr else sys.stdout, flush=True)
 
 
 def error(msg: str) -> None:

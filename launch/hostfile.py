@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         tmp.write_text(text)
         tmp.replace(args.out)
     else:
-        sys.stdout.write(text)
+        console.out(text.rstrip("\n"))
     console.out(f"MASTER_ADDR={addr}", stderr=not args.out)
     return 0
 

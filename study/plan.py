@@ -75,22 +75,22 @@ def print_study_plan(study: StudyCfg, plans: list[dict], world: int, gpus_per_no
                      mfu: float) -> None:
     runs = [r for p in plans for r in p["runs"]]
     console.out(f"# study {study.name}: {len(runs)} runs ({len(plans)} model(s) x {len(study.domains)} domains), world "
-          f"size {world} ({world // gpus_per_node} node(s) x {gpus_per_node} device(s))")
+                f"size {world} ({world // gpus_per_node} node(s) x {gpus_per_node} device(s))")
     console.out(f"# GPU-hours: training steps at {peak:g} TFLOP/s peak per device (--peak-tflops) and {mfu:.0%} MFU "
-          f"(--mfu); evals come on top")
+                f"(--mfu); evals come on top")
     console.out(f"\n{'model':<16} {'parameters':>14} {'seq_len':>7} {'tokens/step':>12} {'model states/device':>20} "
-          f"{'GPU-h per 1B tokens':>20}")
+                f"{'GPU-h per 1B tokens':>20}")
     for p in plans:
         m = p["memory"]
         mem = f"{m['gpu_bytes'] / GIB:.1f} GiB (ZeRO-{m['stage']})"
         console.out(f"{p['model']:<16} {p['params']:>14,} {p['seq_len']:>7} {p['tokens_per_step']:>12,} {mem:>20} "
-              f"{_hours(p['gpu_hours_per_btok']):>20}")
+                    f"{_hours(p['gpu_hours_per_btok']):>20}")
     width = max(len(r["run"]) for r in runs)
     console.out(f"\n{'run':<{width}} {'train tokens':>15} {'steps':>9} {'GPU-hours':>10}")
     for p in plans:
         if all(r["tokens"] is None for r in p["runs"]):  # one line for a model whose data is not prepared yet
             console.out(f"{p['model'] + '/*':<{width}} {'?':>15} {'?':>9} {'?':>10}  ({len(p['runs'])} runs) "
-                  f"{p['runs'][0]['why']}")
+                        f"{p['runs'][0]['why']}")
             continue
         for r in p["runs"]:
             if r["tokens"] is None:
@@ -99,7 +99,8 @@ def print_study_plan(study: StudyCfg, plans: list[dict], world: int, gpus_per_no
                 console.out(f"{r['run']:<{width}} {r['tokens']:>15,} {r['steps']:>9,} {_hours(r['gpu_hours']):>10}")
     known = [r for r in runs if r["gpu_hours"] is not None]
     total = sum(r["gpu_hours"] for r in known)
-    console.out(f"\ntotal: {sum(r['tokens'] for r in known):,} training tokens, {_hours(total)} GPU-hours over {len(known)} of "
-          f"{len(runs)} runs" + ("" if len(known) == len(runs) else " (the others: token counts unknown yet)"))
-    console.out("model states = parameters + gradients + optimizer states (DeepSpeed's estimator); activations and buffers "
-          "come on top")
+    console.out(f"\ntotal: {sum(r['tokens'] for r in known):,} training tokens, {_hours(total)} GPU-hours over "
+                f"{len(known)} of {len(runs)} runs"
+                + ("" if len(known) == len(runs) else " (the others: token counts unknown yet)"))
+    console.out("model states = parameters + gradients + optimizer states (DeepSpeed's estimator); activations and "
+                "buffers come on top")

@@ -148,13 +148,13 @@ def print_summary(rows: list[dict], primary: str, pooled: dict, per_model: dict)
     console.out(f"\n{'run':<{width}} {primary:>12} {'ppl@0':>8} {'ppl@last':>9} {'Δppl':>8}  top-5 degrading tokens")
     for r in rows:
         console.out(f"{r['label']:<{width}} {r['similarity'][primary]:>12.4g} {r['ppl0']:>8.2f} {r['ppl_last']:>9.2f} "
-              f"{r['delta_ppl']:>+8.2f}  {' | '.join(r['top5'])}")
+                    f"{r['delta_ppl']:>+8.2f}  {' | '.join(r['top5'])}")
     groups = {"": pooled} if len(per_model) == 1 else {"all models, pooled: ": pooled, **{
         f"model {n}: ": a for n, a in per_model.items()}}
     for title, a in groups.items():
         c = a["correlations"][primary]
         console.out(f"\n{title}{primary} vs Δppl: Pearson r {c['pearson_r']:.3f} (p {c['pearson_p']:.3g}), "
-              f"Spearman rho {c['spearman_rho']:.3f} (p {c['spearman_p']:.3g})")
+                    f"Spearman rho {c['spearman_rho']:.3f} (p {c['spearman_p']:.3g})")
         console.out(f"{title}the paper's findings, tested here:")
         for i, text in enumerate(a["findings"], 1):
             console.out(f"{i}. {text}")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_prep import console
 from analysis.plots import similarity_heatmaps
+from data_prep import console
 from data_prep.similarity import MEASURES, Embedder, SampleCfg, compute, default_embedder_path, write
 from data_prep.tokenize import load_tokenizer
 

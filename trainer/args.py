@@ -32,9 +32,10 @@ def rank_args(prog: str, add_arguments, argv: list[str] | None) -> argparse.Name
     parser = add_arguments(argparse.ArgumentParser(prog=prog))
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_intermixed_args(argv)
-    for option in ("nproc", "dry_run"):
-        if getattr(args, option, None):
-            parser.error(f"--{option.replace('_', '-')} is for `{prog}`, which starts the ranks; this process is one")
+    for option in ("nproc", "master_port", "dry_run", "world_size", "gpus_per_node"):
+        if getattr(args, option, None) != parser.get_default(option):
+            parser.error(f"--{option.replace('_', '-')} is for `{prog}`, which starts the ranks or plans them; this "
+                         f"process is one rank")
     return args
 
 

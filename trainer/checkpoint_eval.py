@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from data_prep.console import log
 from analysis.metrics import baseline_from_cache
+from data_prep.console import log
 from data_prep.manifest import tokenizer_fingerprint
 from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
@@ -27,8 +27,8 @@ from trainer.data import check_domains, open_eval_sets
 from trainer.dist import init_distributed
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
 from trainer.state import RunState
-from trainer.tracking import Tracker
 from trainer.eval_logger import EvalLogger
+from trainer.tracking import Tracker
 
 DONE = "evaluated.json"  # in the checkpoints folder: tags already scored by odyssey eval
 

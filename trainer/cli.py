@@ -1,5 +1,5 @@
-"""The trainer's verbs: `odyssey train`, `odyssey finetune`, `odyssey eval --checkpoints`, `odyssey export`. Composed into the `odyssey`
-command by odyssey/cli.py; heavy imports wait until a verb runs."""
+"""The trainer's verbs: `odyssey train`, `finetune`, `eval --checkpoints`, `export`, `evaluate-tasks` and `sync`.
+Composed into the `odyssey` command by odyssey/cli.py; heavy imports wait until a verb runs."""
 from __future__ import annotations
 
 import argparse
@@ -16,8 +16,8 @@ from trainer.dist import Dist, launched_rank
 
 def add_parser(sub) -> None:
     add_train_parser(sub, "train", "train from a YAML config", cmd_train)
-    add_train_parser(sub, "finetune", "task fine-tuning: train on task data (odyssey prep --task), loss on targets only",
-                     cmd_finetune)
+    add_train_parser(sub, "finetune", "task fine-tuning: train on task data (odyssey prep --task), loss on targets "
+                                      "only", cmd_finetune)
     add_eval_parser(sub)
     add_export_parser(sub)
     add_task_matrix_parser(sub)
@@ -148,11 +148,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from trainer.config import ConfigError, load_config
     from trainer.data import stream_kinds
 
-    if not launched_rank() or args.nproc is not None:  # checked once, before any rank starts
-        not_tasks = [n for n, kind in stream_kinds(load_config(args.config, args.overrides)).items() if kind != "task"]
-        if not_tasks:
-            raise ConfigError(f"odyssey finetune trains on task data (odyssey prep --task); stream(s) "
-                              f"{', '.join(not_tasks)} are packed pretraining domains: use odyssey train for those")
+    # cheap, so checked wherever this runs: before ranks start, and on each rank srun started as `odyssey finetune`
+    not_tasks = [n for n, kind in stream_kinds(load_config(args.config, args.overrides)).items() if kind != "task"]
+    if not_tasks:
+        raise ConfigError(f"odyssey finetune trains on task data (odyssey prep --task); stream(s) "
+                          f"{', '.join(not_tasks)} are packed pretraining domains: use odyssey train for those")
     return cmd_train(args)
 
 

@@ -41,7 +41,7 @@ def model_shape(model_path: str, trust_remote_code: bool = False) -> tuple[int, 
         config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except OSError as err:  # a hub name while offline, a folder without config.json: one line, not a traceback
         raise ConfigError(f"--dry-run reads the model's config.json: {model_path}: "
-                          f"{str(err).splitlines()[0][:200]}") from None
+                          f"{(str(err) or type(err).__name__).splitlines()[0][:200]}") from None
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters count once

@@ -190,7 +190,7 @@ class Trainer:
         log(f"device {self.device}, {self.cfg.model.dtype}, attention "
             f"{self.attn_impl}, {self.optimizer_choice}, "
             f"{self.loader.num_workers} loader worker(s) per rank"
-                       + (", pinned batches" if self.loader.pin_memory else ""))
+            + (", pinned batches" if self.loader.pin_memory else ""))
 
     # --- the step
     def train_step(self) -> tuple[float, int, bool, np.ndarray]:

@@ -85,3 +85,13 @@ def test_folders_named_like_our_packages_in_the_working_directory_do_not_shadow_
         (tmp_path / folder).mkdir(parents=True)
     r, errors = run(["study", "missing.yaml", "--list"], tmp_path)
     assert_one_line(r, errors, r"study file not found: missing.yaml")
+
+
+@pytest.mark.parametrize("option", ["--nproc 2", "--dry-run", "--master-port 1234", "--world-size 8"])
+def test_a_rank_module_refuses_what_only_the_command_does(tmp_path, option):
+    """`python -m trainer.train` (what launchers start on each rank) reads `odyssey train`'s own parser, and refuses,
+    in argparse's usage line, the options that start ranks or plan them."""
+    r = subprocess.run([sys.executable, "-m", "trainer.train", "run.yaml", *option.split()], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2 and f"{option.split()[0]} is for `odyssey train`" in r.stderr, r.stderr
+    assert r.stderr.startswith("usage: odyssey train")

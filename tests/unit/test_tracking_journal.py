@@ -30,7 +30,8 @@ def test_unreachable_server_then_sync_then_resume_without_duplicates(tmp_path):
     assert key.startswith("pending-") and down.run_id is None
     assert not down.end("FINISHED", wait_s=1)
     assert time.time() - t0 < 30, "an unreachable server must not hold the caller"
-    assert len(down.journal.unsent()) == 0 and len(read_records(down.journal.path)) == 9  # nothing sent; this process' records
+    # nothing sent; this process' records
+    assert len(down.journal.unsent()) == 0 and len(read_records(down.journal.path)) == 9
 
     (run_dir / "config.yaml").write_text(f"tracking: {{uri: '{store}'}}\n")  # sync sends to the run's own URI
     r = subprocess.run([sys.executable, "-m", "odyssey", "sync", str(run_dir)], capture_output=True,
