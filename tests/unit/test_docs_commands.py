@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests import docs_blocks as docs
+from tests import docs_checks as checks
 from tests.docs_blocks import ROOT, Snippet
 
 SNIPPETS = docs.all_snippets()
@@ -36,19 +37,19 @@ def checked(s: Snippet, check) -> list[str]:
 
 @pytest.mark.parametrize("snippet", COMMANDS, ids=ids(COMMANDS))
 def test_documented_commands_parse(snippet):
-    problems = checked(snippet, docs.check_shell)
+    problems = checked(snippet, checks.check_shell)
     assert not problems, f"{snippet.where}:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("snippet", YAMLS, ids=ids(YAMLS))
 def test_documented_yaml_validates(snippet):
-    problems = checked(snippet, docs.check_yaml)
+    problems = checked(snippet, checks.check_yaml)
     assert not problems, f"{snippet.where}:\n" + "\n".join(problems)
 
 
-PATH_SOURCES = {docs.rel(p): lambda p=p: (docs.doc_text_for_paths(p), p.parent) for p in docs.doc_files()} | {
-    "module docstrings": lambda: ("\n".join(docs.docstring_for_paths(p) for p in docs.product_modules()), ROOT),
-    "odyssey help texts": lambda: (docs.help_texts(), ROOT),
+PATH_SOURCES = {docs.rel(p): lambda p=p: (checks.doc_text_for_paths(p), p.parent) for p in docs.doc_files()} | {
+    "module docstrings": lambda: ("\n".join(checks.docstring_for_paths(p) for p in docs.product_modules()), ROOT),
+    "odyssey help texts": lambda: (checks.help_texts(), ROOT),
     "docs/X.md in product code": lambda: ("\n".join(
         m for p in docs.product_modules() for m in re.findall(r"docs/\w+\.md", p.read_text())), ROOT),
 }
@@ -57,14 +58,14 @@ PATH_SOURCES = {docs.rel(p): lambda p=p: (docs.doc_text_for_paths(p), p.parent) 
 @pytest.mark.parametrize("source", PATH_SOURCES)
 def test_named_repo_paths_exist(source):
     text, here = PATH_SOURCES[source]()
-    problems = docs.missing_paths(text, here)
+    problems = checks.missing_paths(text, here)
     assert not problems, f"{source}:\n" + "\n".join(problems)
 
 
 def test_every_launch_name_prints_an_existing_path():
     """`python -m launch NAME` really runs, wherever a doc or docstring names one (a shell comment included)."""
     texts = [p.read_text() for p in docs.doc_files()] + [p.read_text() for p in docs.product_modules()]
-    names = sorted(set().union(*map(docs.launch_names, texts)))
+    names = sorted(set().union(*map(checks.launch_names, texts)))
     assert names, "the docs name no launch script: the pattern no longer matches"
     assert [n for n in names if docs.launch_path(n) is None] == []
 
@@ -76,7 +77,7 @@ def cheap_runs() -> list[tuple[str, list[str]]]:
         for argv in docs.snippet_commands(s):
             files = [a for a in argv[1:] if a.endswith((".yaml", ".yml"))]
             dry = "--dry-run" in argv and files and all((ROOT / f).is_file() for f in files)
-            if ("--help" in argv or "-h" in argv or dry) and not docs.check_command(argv):
+            if ("--help" in argv or "-h" in argv or dry) and not checks.check_command(argv):
                 runs.setdefault(shlex.join(argv), (s.where, argv))
     return sorted(runs.values())
 
@@ -128,7 +129,7 @@ def test_architecture_names_every_module_and_verb():
 
 
 def test_hf_source_syntax_is_whole_wherever_it_is_spelled_out():
-    texts = [p.read_text() for p in docs.doc_files() + docs.product_modules()] + [docs.help_texts()]
+    texts = [p.read_text() for p in docs.doc_files() + docs.product_modules()] + [checks.help_texts()]
     spelled = {m for t in texts for m in re.findall(r"hf://[A-Z_]+\[[^\s`\"')]*", t)}
     assert spelled and all(s.endswith("[:CONFIG][@SPLIT]") for s in spelled), spelled
 
@@ -150,7 +151,7 @@ PLANTED = [
 
 @pytest.mark.parametrize("command, refusal", PLANTED, ids=[c.split("\n")[0] for c, _ in PLANTED])
 def test_a_planted_bad_command_is_refused(command, refusal):
-    problems = docs.check_shell(Snippet("planted:1", "shell", command))
+    problems = checks.check_shell(Snippet("planted:1", "shell", command))
     assert any(refusal in p for p in problems), problems
 
 
@@ -159,14 +160,14 @@ def test_good_commands_pass_in_both_optional_forms():
             "deepspeed --num_gpus 2 --module trainer.train CONFIG.yaml [dotted.key=value ...] [--resume auto]\n"
             "HOSTS=a,b launch/deepspeed_multinode.sh run.yaml 2>&1 | tee launch.log")
     snippet = Snippet("planted:1", "shell", good)
-    assert len(docs.snippet_commands(snippet)) == 5 and docs.check_shell(snippet) == []
+    assert len(docs.snippet_commands(snippet)) == 5 and checks.check_shell(snippet) == []
 
 
 def test_a_fragment_is_checked_for_its_verb_and_option_names():
-    assert docs.check_shell(Snippet("p:1", "inline", "odyssey study … --list")) == []
-    assert docs.check_shell(Snippet("p:1", "inline", "odyssey study … --lists"))
-    assert docs.check_shell(Snippet("p:1", "inline", "odyssey stud study.yaml"))
-    assert docs.check_shell(Snippet("p:1", "inline", "deepspeed --hostfile … --no_sshh --module trainer.train"))
+    assert checks.check_shell(Snippet("p:1", "inline", "odyssey study … --list")) == []
+    assert checks.check_shell(Snippet("p:1", "inline", "odyssey study … --lists"))
+    assert checks.check_shell(Snippet("p:1", "inline", "odyssey stud study.yaml"))
+    assert checks.check_shell(Snippet("p:1", "inline", "deepspeed --hostfile … --no_sshh --module trainer.train"))
 
 
 @pytest.mark.parametrize("block, refusal", [
@@ -176,7 +177,7 @@ def test_a_fragment_is_checked_for_its_verb_and_option_names():
     ("name: s\nout_dir: o\nmodel: {path: m}\ndomains: [{name: a, path: a}]", "study key 'domains'"),
 ])
 def test_a_planted_bad_yaml_block_is_refused(block, refusal):
-    problems = docs.check_yaml(Snippet("planted:1", "yaml", block))
+    problems = checks.check_yaml(Snippet("planted:1", "yaml", block))
     assert any(refusal in p for p in problems), problems
 
 
@@ -184,7 +185,7 @@ def test_planted_missing_paths_are_found():
     text = ("see `docs/NOPE.md`, NOPE.md, `trainer/nope.py`, `trainer/data.py: no_such_function` and "
             "`launch/slurm/train.sbatch`, `trainer/data.py: lm_batch`; not `checkpoints/step_N` or "
             "`study/summary.json`")
-    problems = docs.missing_paths(text)
+    problems = checks.missing_paths(text)
     assert len(problems) == 4 and all(any(w in p for p in problems) for w in
                                       ("docs/NOPE.md", "NOPE.md: no such doc", "trainer/nope.py", "no_such_function"))
 
