@@ -1,5 +1,5 @@
 """Task scores and the generalization matrix, with no model in sight: Rouge-L of a generation cut at its first blank
-line, accuracy, which kind of cell (in-domain, out-of-domain, cross-task) a model × test set is, and what the matrix
+line (after a strip), accuracy, which kind of cell (in-domain, out-of-domain, cross-task) a model × test set is, and what the matrix
 says about the reference study's two findings (Yang et al., NAACL 2024): generation tasks generalize worse than
 classification, and fine-tuning with in-context demonstrations (FTICL) helps generation generalize."""
 from __future__ import annotations
@@ -12,9 +12,13 @@ IN, OUT, CROSS, BASE = "in-domain", "out-of-domain", "cross-task", "base"
 METRIC = {"generation": "rouge_l", "classification": "accuracy"}
 
 
+BLANK_LINE = "\n\n"
+
+
 def cut_generation(text: str) -> str:
-    """The answer part of a greedy continuation: up to its first blank line, stripped."""
-    return text.split("\n\n", 1)[0].strip()
+    """The answer part of a greedy continuation: stripped, then cut at its first blank line (the reference study's
+    order: a continuation that starts with a blank line keeps the answer after it)."""
+    return text.strip().split(BLANK_LINE, 1)[0].strip()
 
 
 @lru_cache(maxsize=1)

@@ -5,11 +5,13 @@
 
 The prompt is the task's template with the example's fields in its `{field}` placeholders (`{input}`, or
 `{premise}` and `{hypothesis}` for a pair task); a demonstration is the same template filled with a pool example,
-followed by that example's target. The target is tokenized on its own and appended, so its ids are
-exactly the ones an evaluation scores (a label word's ids come from the tokenizer, whatever its length). Too long an
+followed by that example's target. The target's ids are the tokens it gets in context: prompt + target is tokenized
+as one text and split where the prompt ends (`split_ids`), so training teaches, and evaluation scores, the tokens
+the text really produces after the prompt. Tokenized on its own, a target can start differently: a Llama-2-style
+SentencePiece tokenizer gives " positive" alone a spurious "▁" piece (id 29871 in Llama-2's vocabulary). Too long an
 example loses tokens from the left of its prompt (demonstrations first), never from the target; an example whose
-target alone does not fit is dropped and counted. BOS starts the sequence where the tokenizer adds one; EOS ends
-every target.
+target does not fit is dropped and counted. BOS starts the sequence where the tokenizer adds one; EOS ends every
+target.
 """
 from __future__ import annotations
 
@@ -53,27 +55,45 @@ class Encoder:
         shots = [fill(self.template, d.fields) + d.target for d in demos]
         return DEMO_SEPARATOR.join(shots + [fill(self.template, example.fields)])
 
-    def prompt_ids(self, example: Example, demos: list[Example], room: int) -> list[int]:
+    def split_ids(self, prompt: str, target: str) -> tuple[list[int], list[int]]:
+        """(prompt ids, target ids) of `prompt + target` tokenized as one text, split at the prompt's last character
+        by the tokenizer's offsets. A token that holds characters of both (a template's trailing space merged into
+        the target's first word: "Answer: " + "yes" → "▁yes") goes to the target, so the prompt ids are the tokens
+        wholly inside the prompt and the target ids cover every character of the target."""
+        enc = self.tokenizer(prompt + target, add_special_tokens=False, return_offsets_mapping=True)
+        ids, boundary = enc["input_ids"], len(prompt)
+        cut = next((i for i, (_, end) in enumerate(enc["offset_mapping"]) if end > boundary), len(ids))
+        return ids[:cut], ids[cut:]
+
+    def fit(self, prompt_ids: list[int], room: int) -> list[int]:
         """[BOS] + the prompt's ids, cut from the left (demonstrations first) to at most `room` ids in all."""
         head = [] if self.bos_id is None else [self.bos_id]
-        prompt = self.tokenizer(self.prompt(example, list(demos)), add_special_tokens=False)["input_ids"]
         keep = max(room - len(head), 0)
-        return head + (prompt[len(prompt) - keep:] if len(prompt) > keep else prompt)
+        return head + (prompt_ids[len(prompt_ids) - keep:] if len(prompt_ids) > keep else prompt_ids)
 
-    def target_ids(self, target: str, eos: bool = True) -> list[int]:
-        """The target's ids, tokenized on its own (as training saw it), with EOS unless told otherwise."""
-        ids = self.tokenizer(target, add_special_tokens=False)["input_ids"]
-        return ids + [self.tokenizer.eos_token_id] if eos else ids
+    def prompt_ids(self, example: Example, demos: list[Example], room: int) -> list[int]:
+        """A generation prompt: [BOS] + the prompt's ids (tokenized alone: no target follows), cut to `room`."""
+        return self.fit(self.tokenizer(self.prompt(example, list(demos)), add_special_tokens=False)["input_ids"],
+                        room)
+
+    def option_ids(self, example: Example, demos: list[Example], options: list[str]) -> list[tuple[list, list]]:
+        """For each option (a label word): (the fitted prompt, the option's ids in context), the same split as
+        training's; every option's prompt is cut to the room the longest option leaves."""
+        prompt = self.prompt(example, list(demos))
+        pairs = [self.split_ids(prompt, option) for option in options]
+        room = self.max_len - max(len(o) for _, o in pairs)
+        return [(self.fit(p, room), o) for p, o in pairs]
 
     def encode(self, example: Example, demos: list[Example] = ()) -> tuple[np.ndarray, np.ndarray] | None:
         """(input_ids, labels) as int32 arrays of equal length ≤ max_len, or None (dropped) when the target and its
         EOS (and BOS) do not fit."""
-        target = self.target_ids(example.target)
+        prompt, target = self.split_ids(self.prompt(example, list(demos)), example.target)
+        target = target + [self.tokenizer.eos_token_id]
         room = self.max_len - len(target)
         if room - (self.bos_id is not None) <= 0:
             self.dropped += 1
             return None
-        prompt = self.prompt_ids(example, demos, room)
+        prompt = self.fit(prompt, room)
         ids = np.array(prompt + target, dtype=np.int32)
         labels = np.array([IGNORE] * len(prompt) + target, dtype=np.int32)
         return ids, labels
@@ -81,12 +101,13 @@ class Encoder:
 
 def demo_block(pool: list[Example], k: int, mode: str, rng: random.Random, exclude: Example | None = None
                ) -> list[Example]:
-    """k demonstrations: the pool's first k (`first`, the reference study's choice: the same block for every example)
-    or k drawn per example (`sample`, seeded; never the example itself). One draw of k + 1 per example, not a copy
-    of the pool: a 100k-example training split stays linear."""
+    """k demonstrations, never the example itself: the pool's first k (`first`, the reference study's choice: the
+    same block for every example; a training example among them gets the (k+1)-th in its place) or k drawn per
+    example (`sample`, seeded). One draw of k + 1 per example, not a copy of the pool: a 100k-example training split
+    stays linear."""
     if k <= 0:
         return []
     if mode == "first":
-        return pool[:k]
+        return [p for p in pool[:k + 1] if p is not exclude][:k]
     drawn = rng.sample(pool, min(k + 1, len(pool)))
     return [p for p in drawn if p is not exclude][:k]

@@ -81,9 +81,12 @@ def llama2_decoder():
                               decoders.Strip(" ", 1, 0)])
 
 
-def build_sentencepiece_tokenizer(out: Path, texts: list[str], vocab_size: int = 400) -> Path:
+def build_sentencepiece_tokenizer(out: Path, texts: list[str], vocab_size: int = 400,
+                                  llama2_normalizer: bool = False) -> Path:
     """A Llama-2-style tokenizer: a SentencePiece BPE model trained here (byte fallback, BOS added to every text),
-    loaded as LlamaTokenizerFast and given Llama-2's decoder."""
+    loaded as LlamaTokenizerFast and given Llama-2's decoder. `llama2_normalizer`: also Llama-2's published
+    normalizer, a "▁" before every text and "▁" for every space, with which " positive" on its own starts with a
+    spurious lone "▁" piece (id 29871 in Llama-2) that the same word after a prompt does not have."""
     import io
 
     import sentencepiece as spm
@@ -100,6 +103,12 @@ def build_sentencepiece_tokenizer(out: Path, texts: list[str], vocab_size: int =
     fast = LlamaTokenizerFast(vocab_file=str(out / "tokenizer.model"), legacy=False, add_bos_token=True,
                               add_eos_token=False)
     fast.backend_tokenizer.decoder = llama2_decoder()
+    if llama2_normalizer:
+        from tokenizers import normalizers
+
+        fast.backend_tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                                                  normalizers.Replace(" ", "\u2581")])
+        fast.backend_tokenizer.pre_tokenizer = None
     fast.save_pretrained(out)
     (out / "tokenizer.model").unlink()  # the fast tokenizer.json is what loads; no slow fallback
     return Path(AutoTokenizer.from_pretrained(out).name_or_path)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from analysis.task_scores import METRIC, cut_generation, rouge_l
+from analysis.task_scores import BLANK_LINE, METRIC, cut_generation, rouge_l
 from data_prep.manifest import read_manifest
 from data_prep.shards import open_split
 from data_prep.task_examples import Encoder, Example
@@ -96,19 +97,20 @@ def left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
-def label_logprobs(model, prompts: list[list[int]], options: list[list[int]], pad_id: int, device) -> torch.Tensor:
-    """[len(prompts), len(options)]: the summed log-probability of each option's tokens after each prompt. Left
-    padding puts every option at the end, so only the last max(option) + 1 positions' logits are computed where the
-    model supports `logits_to_keep`."""
-    seqs = [p + o for p in prompts for o in options]
-    ids, mask = left_pad(seqs, pad_id, device)
-    tail = max(len(o) for o in options)
+def label_logprobs(model, pairs: list[tuple[list[int], list[int]]], n_options: int, pad_id: int,
+                   device) -> torch.Tensor:
+    """[len(pairs) / n_options, n_options]: the summed log-probability of each option's tokens after its prompt,
+    `pairs` holding (prompt ids, option ids) example by example, option by option (Encoder.option_ids). Left padding
+    puts every option at the end, so only the last max(option) + 1 positions' logits are computed where the model
+    supports `logits_to_keep`."""
+    ids, mask = left_pad([p + o for p, o in pairs], pad_id, device)
+    tail = max(len(o) for _, o in pairs)
     logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=False,
                    **_keep(model, tail + 1)).logits[:, -(tail + 1):-1].float()
     logp = F.log_softmax(logits, dim=-1).gather(-1, ids[:, -tail:, None]).squeeze(-1)  # [B*L, tail]
-    lengths = torch.tensor([len(o) for o in options] * len(prompts), device=device)
+    lengths = torch.tensor([len(o) for _, o in pairs], device=device)
     in_option = torch.arange(tail, device=device)[None, :] >= (tail - lengths)[:, None]
-    return (logp * in_option).sum(-1).view(len(prompts), len(options))
+    return (logp * in_option).sum(-1).view(-1, n_options)
 
 
 def _keep(model, n: int) -> dict:
@@ -118,14 +120,31 @@ def _keep(model, n: int) -> dict:
     return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(forward).parameters else {}
 
 
+class BlankLineInAnswer(StoppingCriteria):
+    """Stops a row once the text it generated (the new tokens only, leading whitespace stripped, as `cut_generation`
+    reads it) holds a blank line. transformers' `stop_strings` also look at the prompt, so a template ending in a
+    newline ("Headline:\n") stopped at the model's first "\n", leaving an empty answer."""
+
+    def __init__(self, tokenizer, prompt_len: int):
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([BLANK_LINE in t.lstrip() for t in texts], device=input_ids.device)
+
+
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, tokenizer, device, synced: bool) -> list[str]:
-    """Greedy continuations, decoded and cut at the first blank line."""
+    """Greedy continuations, decoded and cut at the first blank line. Greedy means greedy: a fresh GenerationConfig
+    without the model folder's defaults, so its sampling and penalty fields (repetition_penalty, no_repeat_ngram_size,
+    …) do not change what is scored."""
     module = getattr(model, "module", model)
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id or tokenizer.eos_token_id, device)
-    out = module.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                          use_cache=True, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                          eos_token_id=tokenizer.eos_token_id, synced_gpus=synced, stop_strings=["\n\n"],
-                          tokenizer=tokenizer, temperature=None, top_p=None, top_k=None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids, mask = left_pad(prompts, pad, device)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                              pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+    out = module.generate(input_ids=ids, attention_mask=mask, generation_config=config, use_model_defaults=False,
+                          synced_gpus=synced,
+                          stopping_criteria=StoppingCriteriaList([BlankLineInAnswer(tokenizer, ids.shape[1])]))
     return [cut_generation(t) for t in tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)]
 
 
@@ -134,11 +153,9 @@ def example_scores(model, ts: TaskSet, examples: list[Example], shots: int, max_
     """Per example: 1/0 (the label word with the highest log-likelihood is the target) or Rouge-L."""
     enc, demos = ts.encoder, ts.demos(shots)
     if ts.kind == "classification":
-        options = [enc.target_ids(w, eos=False) for w in ts.label_words]
-        room = enc.max_len - max(len(o) for o in options)
-        prompts = [enc.prompt_ids(ex, demos, room) for ex in examples]
+        pairs = [pair for ex in examples for pair in enc.option_ids(ex, demos, ts.label_words)]
         pad = enc.tokenizer.pad_token_id or enc.tokenizer.eos_token_id
-        best = label_logprobs(model, prompts, options, pad, device).argmax(-1)
+        best = label_logprobs(model, pairs, len(ts.label_words), pad, device).argmax(-1)
         gold = torch.tensor([ts.label_words.index(ex.target) for ex in examples], device=device)
         return (best == gold).double()
     prompts = [enc.prompt_ids(ex, demos, enc.max_len - max_new_tokens) for ex in examples]

@@ -39,6 +39,9 @@ from trainer.task_eval import open_task_rows, score_task, task_set
 from trainer.tracking import Tracker
 
 CELLS = "cells.jsonl"
+# the scoring rule's version, part of every cell's key: 2 = targets and label words tokenized in context, generations
+# stopped and cut on what the model generated (cells scored by an older rule are scored again)
+SCORING = 2
 
 
 class MatrixModel(Section):
@@ -55,7 +58,9 @@ class MatrixTest(Section):
     task: str | None = None  # the task it tests; default: its manifest's task name
     ood: bool = False  # an out-of-domain test set of that task
     split: Literal["test", "val"] = "test"
-    demos_from: str | None = None  # a prepared task whose training split gives the k-shot demonstrations
+    # the fallback pool: a prepared task whose training split gives the k-shot demonstrations when the test set's
+    # own training split (its few-shot pool, the reference study's choice) has fewer than the largest k
+    demos_from: str | None = None
     template: int = Field(default=0, ge=0)  # which of the task's templates prompts (Prompt-1: 0, Prompt-2: 1)
 
 
@@ -100,11 +105,12 @@ def check_matrix(cfg: MatrixCfg) -> None:
         if manifest["task"]["kind"] == "generation" and cfg.max_new_tokens >= manifest["task"]["max_len"] // 2:
             raise ConfigError(f"test set '{t.name}': max_new_tokens {cfg.max_new_tokens} leaves too little of "
                               f"max_len {manifest['task']['max_len']} for the prompt")
-        pool = read_manifest(t.demos_from or t.path)
+        pool_path = demo_pool(t, max(cfg.shots))
+        pool = read_manifest(pool_path)
         if max(cfg.shots) > pool["splits"]["train"]["samples"]:
             raise ConfigError(f"test set '{t.name}': {max(cfg.shots)}-shot needs {max(cfg.shots)} demonstrations; "
-                              f"the training split of {t.demos_from or t.path} has "
-                              f"{pool['splits']['train']['samples']} (set demos_from)")
+                              f"the training split of {pool_path} has {pool['splits']['train']['samples']} "
+                              f"(set demos_from)")
         wanted, given = (sorted(placeholders(template_list(m["task"]["template"])[0])) for m in (manifest, pool))
         if wanted != given:
             raise ConfigError(f"test set '{t.name}': demos_from {t.demos_from} has the fields {given}, the test "
@@ -158,11 +164,23 @@ def load_scoring_model(path: Path, dtype: str, zero3: bool, device):
     return engine.module.eval(), (keep, engine)
 
 
+def demo_pool(t: MatrixTest, shots: int) -> str:
+    """The prepared task whose training split gives `t`'s k-shot demonstrations: the test set's own folder (the
+    reference study draws each test set's demonstrations from its own few-shot pool) when it holds `shots`
+    examples, else the `demos_from` fallback."""
+    from data_prep.manifest import read_manifest
+
+    if t.demos_from and read_manifest(t.path)["splits"]["train"]["samples"] < shots:
+        return t.demos_from
+    return t.path
+
+
 def cell_key(cfg: MatrixCfg, m: MatrixModel, t: MatrixTest, shots: int) -> str:
-    """What a score depends on: a cell scored with other settings, or on a test set prepared again with other
-    content, is scored again."""
-    return json.dumps([m.name, m.path, m.tokenizer, t.name, t.path, t.split, t.template, t.demos_from, shots,
-                       cfg.max_examples, cfg.max_new_tokens, cfg.dtype, _content(t.path), _content(t.demos_from)])
+    """What a score depends on: a cell scored with other settings, by another scoring rule, or on a test set (or
+    demonstration pool) prepared again with other content, is scored again."""
+    pool = demo_pool(t, max(cfg.shots))
+    return json.dumps([SCORING, m.name, m.path, m.tokenizer, t.name, t.path, t.split, t.template, pool, shots,
+                       cfg.max_examples, cfg.max_new_tokens, cfg.dtype, _content(t.path), _content(pool)])
 
 
 def _content(path: str | None) -> str | None:
@@ -217,7 +235,7 @@ def evaluate_matrix(cfg: MatrixCfg) -> list[dict]:
         torch.distributed.barrier()
     wanted = {cell_key(cfg, m, t, k) for m in cfg.models for t in cfg.tests for k in cfg.shots}
     cells = list({c["key"]: c for c in done_cells(out) if c.get("key") in wanted}.values())
-    opened = {t.name: open_task_rows(t.path, t.split, t.demos_from) for t in cfg.tests}
+    opened = {t.name: open_task_rows(t.path, t.split, demo_pool(t, max(cfg.shots))) for t in cfg.tests}
     have = {c["key"] for c in cells}
     for m in cfg.models:
         todo = [(t, k) for t in cfg.tests for k in cfg.shots if cell_key(cfg, m, t, k) not in have]

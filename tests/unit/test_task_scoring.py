@@ -48,15 +48,16 @@ def reference_logprob(model, prompt: list[int], option: list[int]) -> float:
 
 def test_label_words_score_by_summed_log_likelihood_even_when_several_tokens(setup):
     tok, model, ts = setup["tok"], setup["model"], setup["task"]
-    options = [ts.encoder.target_ids(w, eos=False) for w in ts.label_words]
-    assert max(len(o) for o in options) > 1 and min(len(o) for o in options) == 1  # multi- and single-token labels
     examples = [ts.example(i) for i in range(3)]
-    prompts = [ts.encoder.prompt_ids(ex, [], 90) for ex in examples]
-    assert len({len(p) for p in prompts}) > 1  # different lengths: the batch is really padded
+    pairs = [ts.encoder.option_ids(ex, [], ts.label_words) for ex in examples]
+    options = [o for _, o in pairs[0]]
+    assert max(len(o) for o in options) > 1 and min(len(o) for o in options) == 1  # multi- and single-token labels
+    assert len({len(row[0][0]) for row in pairs}) > 1  # different lengths: the batch is really padded
     with torch.no_grad():
-        batched = label_logprobs(model, prompts, options, tok.eos_token_id, torch.device("cpu"))
-    for i, p in enumerate(prompts):
-        for j, o in enumerate(options):
+        batched = label_logprobs(model, [p for row in pairs for p in row], len(options), tok.eos_token_id,
+                                 torch.device("cpu"))
+    for i, row in enumerate(pairs):
+        for j, (p, o) in enumerate(row):
             assert batched[i, j].item() == pytest.approx(reference_logprob(model, p, o), abs=1e-4)
     with torch.no_grad():
         correct = example_scores(model, ts, examples, 0, 60, torch.device("cpu"), False)

@@ -128,3 +128,25 @@ def test_several_templates_alternate_in_training_and_evaluation_picks_one(tok, t
         task_set("summ", task_section, first.rows, t, template=2)
     with pytest.raises(ConfigError, match="the templates must take the same fields"):
         task(template=["A {input}", "B {other}"])
+
+
+def test_k_shot_demonstrations_come_from_the_test_sets_own_pool_then_the_named_fallback(tok, tmp_path):
+    """As in the reference study, a test set's k-shot demonstrations are its own few-shot pool (its training split);
+    `demos_from` (a task study names the in-domain task for its out-of-domain sets) serves only where that pool has
+    fewer than k examples."""
+    from trainer.task_matrix import MatrixTest, demo_pool
+
+    docs = tiny.prose_docs(30, seed=4)
+    src = tmp_path / "src"
+    write_jsonl(src / "train.jsonl", [{"input": d, "output": " " + d.split()[0]} for d in docs[:20]])
+    write_jsonl(src / "test.jsonl", [{"input": d, "output": " " + d.split()[0]} for d in docs[20:]])
+    ood = tmp_path / "ood"
+    write_jsonl(ood / "train.jsonl", [{"input": d, "output": " " + d.split()[-1]} for d in docs[:3]])
+    write_jsonl(ood / "test.jsonl", [{"input": d, "output": " " + d.split()[-1]} for d in docs[3:9]])
+    prepare_task(task(source=str(src)), tmp_path / "out", str(tok))
+    prepare_task(task(source=str(ood), name="summ_ood"), tmp_path / "out", str(tok))
+    own, fallback = str(tmp_path / "out" / "summ_ood"), str(tmp_path / "out" / "summ")
+    test = MatrixTest(name="summ_ood", path=own, ood=True, demos_from=fallback)
+    assert demo_pool(test, 2) == own and demo_pool(test, 3) == own  # its own 3 training examples
+    assert demo_pool(test, 4) == fallback
+    assert demo_pool(test.model_copy(update={"demos_from": None}), 4) == own  # check_matrix says it is too small
