@@ -1,6 +1,6 @@
-"""Task scores and the generalization matrix, with no model in sight: Rouge-L of a generation cut at its first blank
-line (after a strip), accuracy, which kind of cell (in-domain, out-of-domain, cross-task) a model × test set is, and what the matrix
-says about the reference study's two findings (Yang et al., NAACL 2024): generation tasks generalize worse than
+"""Task scores and the generalization matrix, with no model in sight: Rouge-L of a generation stripped and cut at its
+first blank line, accuracy, which kind of cell (in-domain, out-of-domain, cross-task) a model × test set is, and what
+the matrix says about the reference study's two findings (Yang et al., NAACL 2024): generation tasks generalize worse than
 classification, and fine-tuning with in-context demonstrations (FTICL) helps generation generalize."""
 from __future__ import annotations
 
