@@ -1,7 +1,7 @@
 """Task scores and the generalization matrix, with no model in sight: Rouge-L of a generation stripped and cut at its
-first blank line, accuracy, which kind of cell (in-domain, out-of-domain, cross-task) a model × test set is, and what
-the matrix says about the reference study's two findings (Yang et al., NAACL 2024): generation tasks generalize worse than
-classification, and fine-tuning with in-context demonstrations (FTICL) helps generation generalize."""
+first blank line, accuracy, which kind of cell (in-domain, out-of-domain, cross-task) a model × test set is, and
+what the matrix says about the reference study's two findings (Yang et al., NAACL 2024): generation tasks generalize
+worse than classification, and fine-tuning with in-context demonstrations (FTICL) helps generation generalize."""
 from __future__ import annotations
 
 from functools import lru_cache
