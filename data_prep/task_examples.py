@@ -24,6 +24,9 @@ import numpy as np
 from data_prep.shards import IGNORE
 
 DEMO_SEPARATOR = "\n\n"
+# the encoding rule's version, written to every task manifest: 2 = targets tokenized in context (split_ids); a task
+# study prepares a folder of another version again
+ENCODING = 2
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 

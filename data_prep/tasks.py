@@ -23,7 +23,7 @@ from data_prep.manifest import tokenizer_fingerprint, write_manifest
 from data_prep.pack import SPLITS, SplitFractions, split_of
 from data_prep.shards import INPUT_IDS, LABELS, SEGMENTS
 from data_prep.prepare import PrepError, swap_into_place
-from data_prep.task_examples import Encoder, Example, demo_block, placeholders
+from data_prep.task_examples import ENCODING, Encoder, Example, demo_block, placeholders
 from data_prep.task_sources import iter_records, source_stamp, text_field
 from data_prep.tokenize import document_bos, load_tokenizer
 
@@ -144,7 +144,7 @@ def prepare_task(cfg: TaskCfg, out_dir: str | Path, tokenizer_path: str, overwri
                             "dropped": sum(e.dropped for e in encoders) - dropped}
         # seq_len: the length rows are padded to for evaluation (the trainer pads training batches to their longest)
         manifest = {"kind": "task", "domain": cfg.name, "task": cfg.model_dump(mode="json"), "seq_len": cfg.max_len,
-                    "source_stamp": stamp,
+                    "encoding": ENCODING, "source_stamp": stamp,
                     "tokenizer": tokenizer_fingerprint(tokenizer), "splits": stats,
                     "seconds": round(time.time() - started, 1)}
         write_manifest(tmp, manifest)

@@ -19,6 +19,7 @@ import yaml
 
 from data_prep.console import log
 from data_prep.manifest import read_manifest, tokenizer_fingerprint
+from data_prep.task_examples import ENCODING
 from data_prep.task_sources import source_stamp
 from data_prep.tasks import TaskCfg, prepare_task
 from study.prep import fingerprint_key
@@ -30,15 +31,15 @@ from trainer.tracking import Tracker
 
 
 def prepared(study: TaskStudyCfg) -> dict[str, Path]:
-    """{run key or ood name: prepared folder}; a folder whose manifest has another spec, tokenizer or source files
-    (names, sizes, times) is prepared again."""
+    """{run key or ood name: prepared folder}; a folder whose manifest has another spec, tokenizer, source files
+    (names, sizes, times) or encoding rule is prepared again."""
     fingerprint = fingerprint_key(tokenizer_fingerprint(load_tokenizer(study.model)))
     todo = [(key, task) for key, task, _ in study.variants()] + [(o.name, study.ood_cfg(o)) for o in study.ood]
     paths = {}
     for key, task in todo:
         folder = study.prep_out / key
         current = _manifest(folder)
-        if not (current and current.get("task") == task.model_dump(mode="json")
+        if not (current and current.get("task") == task.model_dump(mode="json") and current.get("encoding") == ENCODING
                 and fingerprint_key(current["tokenizer"]) == fingerprint
                 and current.get("source_stamp") == json.loads(json.dumps(source_stamp(task.source)))):
             log(f"preparing task {key} ({task.source})", tag="study")

@@ -9,6 +9,7 @@ from data_prep.config import ConfigError, validate
 from data_prep.prepare import PrepError
 from data_prep.shards import open_split
 from data_prep.shards import IGNORE
+from data_prep.task_examples import ENCODING
 from data_prep.tasks import TaskCfg, prepare_task
 from tests import tiny
 
@@ -42,7 +43,7 @@ def test_generation_task_keeps_its_splits_and_masks_all_but_the_target(tok, tmp_
     write_jsonl(src / "test.jsonl", [{"input": d, "output": " " + d.split()[0]} for d in docs[20:]])
     m = prepare_task(task(source=str(src), max_train=12, demos=2, max_len=512), tmp_path / "out", str(tok))
     assert m["splits"]["train"]["examples"] == 12 and m["splits"]["test"]["examples"] == 10
-    assert m["splits"]["val"]["examples"] == 0 and m["kind"] == "task"
+    assert m["splits"]["val"]["examples"] == 0 and m["kind"] == "task" and m["encoding"] == ENCODING
     from transformers import AutoTokenizer
 
     t = AutoTokenizer.from_pretrained(tok)
