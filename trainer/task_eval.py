@@ -1,6 +1,7 @@
 """Score a model on a prepared task's held-out examples, k-shot, data-parallel across ranks: classification by the
-summed log-likelihood of each label word's tokens after the prompt (ids from the tokenizer, however many), generation
-by greedy decoding up to `max_new_tokens`, cut at the first blank line, against the target by Rouge-L.
+summed log-likelihood of each label word's tokens after the prompt (its tokens in context, however many), generation
+by greedy decoding up to `max_new_tokens`, stripped and cut at the first blank line of what the model generated,
+against the target by Rouge-L.
 
 Every rank runs the same number of batches (short ranks repeat example 0 with weight 0), so under ZeRO-3 the
 collective forwards, and `generate(synced_gpus=True)`, line up. Scores are summed on the device and all-reduced once
@@ -138,7 +139,7 @@ def greedy(model, prompts: list[list[int]], max_new_tokens: int, tokenizer, devi
     without the model folder's defaults, so its sampling and penalty fields (repetition_penalty, no_repeat_ngram_size,
     …) do not change what is scored."""
     module = getattr(model, "module", model)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id or tokenizer.eos_token_id
     ids, mask = left_pad(prompts, pad, device)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
                               pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
