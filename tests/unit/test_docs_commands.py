@@ -136,22 +136,30 @@ def test_hf_source_syntax_is_whole_wherever_it_is_spelled_out():
 
 # ---------------------------------------------------------------- the checks reject what they should
 
-PLANTED = [
-    ("deepspeed --num_gpus 8 -m trainer.train run.yaml", "deepspeed: error: unrecognized arguments: -m"),
-    ("deepspeed --num_gpus 2 --module trainer.train \\\n    run.yaml --bogus", "unrecognized arguments: --bogus"),
-    ("odyssey train run.yaml --nprocs 2", "unrecognized arguments: --nprocs 2"),
-    ("odyssey trian run.yaml", "invalid choice: 'trian'"),
-    ("FOO=1 torchrun --nproc_per_node 2 -m trainer.train run.yaml optim.lrr=1", "config key 'optim.lrr': unknown key"),
-    ("mkdir -p logs && python -m trainer.trian run.yaml", "no such module"),
-    ("sbatch --nodes=2 launch/slurm/nope.sbatch run.yaml  # a comment", "launch/slurm/nope.sbatch: no such file"),
-    ("make demoo | tee log", "no target 'demoo'"),
-    ('sbatch "$(python -m launch slurm/nope.sbatch)" run.yaml', "no such script"),
+PLANTED = [  # (kind of block, its text, what the refusal says)
+    ("shell", "deepspeed --num_gpus 8 -m trainer.train run.yaml", "deepspeed: error: unrecognized arguments: -m"),
+    ("shell", "deepspeed --num_gpus 2 --module trainer.train \\\n    run.yaml --bogus",
+     "unrecognized arguments: --bogus"),
+    ("shell", "odyssey train run.yaml --nprocs 2", "unrecognized arguments: --nprocs 2"),
+    ("shell", "odyssey trian run.yaml", "invalid choice: 'trian'"),
+    ("shell", "FOO=1 torchrun --nproc_per_node 2 -m trainer.train run.yaml optim.lrr=1",
+     "config key 'optim.lrr': unknown key"),
+    ("shell", "mkdir -p logs && python -m trainer.trian run.yaml", "no such module"),
+    ("shell", "sbatch --nodes=2 launch/slurm/nope.sbatch run.yaml  # a comment",
+     "launch/slurm/nope.sbatch: no such file"),
+    ("shell", "make demoo | tee log", "no target 'demoo'"),
+    ("shell", 'sbatch "$(python -m launch slurm/nope.sbatch)" run.yaml', "no such script"),
+    ("yaml", "optim: {lrr: 1.0e-4}", "config key 'optim.lrr': unknown key"),
+    ("yaml", "task: {examples: many}", "config key 'task.examples'"),
+    ("yaml", "colour: blue", "no config model takes"),
+    ("yaml", "name: s\nout_dir: o\nmodel: {path: m}\ndomains: [{name: a, path: a}]", "study key 'domains'"),
 ]
 
 
-@pytest.mark.parametrize("command, refusal", PLANTED, ids=[c.split("\n")[0] for c, _ in PLANTED])
-def test_a_planted_bad_command_is_refused(command, refusal):
-    problems = checks.check_shell(Snippet("planted:1", "shell", command))
+@pytest.mark.parametrize("kind, text, refusal", PLANTED, ids=[t.split("\n")[0] for _, t, _ in PLANTED])
+def test_a_planted_bad_block_is_refused(kind, text, refusal):
+    check = {"shell": checks.check_shell, "yaml": checks.check_yaml}[kind]
+    problems = check(Snippet("planted:1", kind, text))
     assert any(refusal in p for p in problems), problems
 
 
@@ -168,17 +176,6 @@ def test_a_fragment_is_checked_for_its_verb_and_option_names():
     assert checks.check_shell(Snippet("p:1", "inline", "odyssey study … --lists"))
     assert checks.check_shell(Snippet("p:1", "inline", "odyssey stud study.yaml"))
     assert checks.check_shell(Snippet("p:1", "inline", "deepspeed --hostfile … --no_sshh --module trainer.train"))
-
-
-@pytest.mark.parametrize("block, refusal", [
-    ("optim: {lrr: 1.0e-4}", "config key 'optim.lrr': unknown key"),
-    ("task: {examples: many}", "config key 'task.examples'"),
-    ("colour: blue", "no config model takes"),
-    ("name: s\nout_dir: o\nmodel: {path: m}\ndomains: [{name: a, path: a}]", "study key 'domains'"),
-])
-def test_a_planted_bad_yaml_block_is_refused(block, refusal):
-    problems = checks.check_yaml(Snippet("planted:1", "yaml", block))
-    assert any(refusal in p for p in problems), problems
 
 
 def test_planted_missing_paths_are_found():
