@@ -59,13 +59,12 @@ def eval_steps(cfg: Config, max_steps: int) -> set[int]:
 class Trainer:
     def __init__(self, cfg: Config, resume: str | None = None):
         self.dist = init_distributed()
-        self.rank, self.world, self.device = self.dist.rank, self.dist.world, self.dist.device
         # every rank says where it runs: on a multi-node launch this is the proof each node took part
-        log(f"rank {self.rank}/{self.world} (local {os.environ.get('LOCAL_RANK', '0')}) on {socket.gethostname()} "
+        log(f"rank {self.dist.rank}/{self.dist.world} (local {self.dist.local_rank}) on {socket.gethostname()} "
             f"pid {os.getpid()}, master {os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}",
             every_rank=True)
-        random.seed(cfg.run.seed + self.rank)
-        np.random.seed(cfg.run.seed + self.rank)
+        random.seed(cfg.run.seed + self.dist.rank)
+        np.random.seed(cfg.run.seed + self.dist.rank)
         torch.manual_seed(cfg.run.seed)
         cfg.model.dtype = resolve_dtype(cfg.model.dtype)  # `auto` → what this device runs best; config.yaml says which
         self.cfg, self.run_dir = cfg, cfg.run_dir
@@ -76,25 +75,25 @@ class Trainer:
         tokenizer = load_tokenizer(cfg.model)  # data checks first: cheap, and they fail before any weight loads
         self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer))
         tag = checkpoint.starting_tag(self.ckpt_root, resume, self.dist, cfg.checkpoint.verify == "fast")
-        set_aside = checkpoint.set_aside_newer(self.ckpt_root, tag) if tag and self.rank == 0 else None
-        if self.rank == 0:
+        set_aside = checkpoint.set_aside_newer(self.ckpt_root, tag) if tag and self.dist.main else None
+        if self.dist.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not tag:
                 (self.run_dir / FINISHED).unlink(missing_ok=True)
         self._build_engine()
-        self.ledger = Ledger(self.run_dir, self.rank)
+        self.ledger = Ledger(self.run_dir, self.dist.rank)
         if tag:
             self._resume(tag)
         else:
             self.ledger.truncate_after(0)  # a fresh start owns the run folder: no records of an unfinished attempt
-        self.tracker = Tracker(self.run_dir, cfg.tracking.experiment, enabled=self.rank == 0, uri=cfg.tracking.uri)
+        self.tracker = Tracker(self.run_dir, cfg.tracking.experiment, enabled=self.dist.main, uri=cfg.tracking.uri)
         self.state.mlflow_run_id = self.tracker.start(cfg.tracking.run_name or cfg.run.name, self.state.mlflow_run_id,
                                                       tags=cfg.tracking.tags,
                                                       resume_step=self.state.step if tag and not set_aside else None)
         try:  # from here on a failure ends the MLflow run as FAILED rather than leaving it RUNNING
             if set_aside:
                 self._note_rewind(set_aside)
-            if self.rank == 0 and not tag:
+            if self.dist.main and not tag:
                 self._record_run()
             self.eval_logger = EvalLogger(cfg, open_eval_sets(self.domains, cfg.eval.split), self.dist, tokenizer,
                                        self.tracker, self.run_dir, self._weight_delta(tag))
@@ -111,26 +110,27 @@ class Trainer:
 
         cfg = self.cfg
         self.hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        self.ds_config = fill_ds_config(cfg, self.world, getattr(self.hf_config, "hidden_size", None))
-        self.optimizer_choice = choose_optimizer(self.ds_config, self.device)
-        self.loader = build_train_loader(cfg, self.domains, self.device)
+        self.ds_config = fill_ds_config(cfg, self.dist.world, getattr(self.hf_config, "hidden_size", None))
+        self.optimizer_choice = choose_optimizer(self.ds_config, self.dist.device)
+        self.loader = build_train_loader(cfg, self.domains, self.dist.device)
         self.batches = Batches(self.loader)
-        self.tokens_per_step = tokens_per_step(cfg, self.seq_len, self.world)
+        self.tokens_per_step = tokens_per_step(cfg, self.seq_len, self.dist.world)
         self.max_steps = total_steps(cfg, self.tokens_per_step, len(self.loader.dataset))
         self.engine, self.scheduler, self.zero3_init = build_engine(cfg, self.ds_config, lambda: load_model(cfg.model),
                                                                    self.max_steps)
-        if self.engine.device != self.device:
-            raise RuntimeError(f"DeepSpeed placed the engine on {self.engine.device}, this rank chose {self.device}")
+        if self.engine.device != self.dist.device:
+            raise RuntimeError(f"DeepSpeed placed the engine on {self.engine.device}, this rank chose "
+                               f"{self.dist.device}")
         self.n_params, self.n_local = parameter_counts(self.engine.module)
         self.attn_impl = self.engine.module.config._attn_implementation  # how packed task rows are masked
         self.dtype = DTYPES[cfg.model.dtype]
         self.flops_token = flops_per_token(self.hf_config, self.n_params, self.seq_len)
         self.peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops(cfg.model.dtype)
-        self.meter = Meter(self.tokens_per_step, self.world, self.flops_token, self.peak_tflops)
+        self.meter = Meter(self.tokens_per_step, self.dist.world, self.flops_token, self.peak_tflops)
 
     def _resume(self, tag: str) -> None:
         t0 = time.time()
-        saved = checkpoint.load(self.engine, self.ckpt_root, tag, self.rank)
+        saved = checkpoint.load(self.engine, self.ckpt_root, tag, self.dist.rank)
         self.state = RunState.from_dict(saved)
         self.loader.load_state_dict(saved["loader"])
         self.ledger.truncate_after(self.state.step)  # steps after the checkpoint are replayed
@@ -156,7 +156,7 @@ class Trainer:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(redact_tree(tree), sort_keys=False))
         (run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
         tracker.log_params(params_for(tree))
-        derived = {"world_size": self.world, "seq_len": self.seq_len, "tokens_per_step": self.tokens_per_step,
+        derived = {"world_size": self.dist.world, "seq_len": self.seq_len, "tokens_per_step": self.tokens_per_step,
                    "total_steps": self.max_steps, "params": self.n_params, "params_on_rank0": self.n_local,
                    "flops_per_token": f"{self.flops_token:.4g}", "peak_tflops": self.peak_tflops}
         tracker.log_params({f"derived.{k}": str(v) for k, v in derived.items()})
@@ -174,20 +174,20 @@ class Trainer:
             return None
         delta = WeightDelta(self.run_dir, self.dist)
         if resumed_from:
-            loaded = torch.tensor([float(delta.load())], device=self.device)
-            if self.world > 1:  # every rank measures, or none: measure() is a collective
+            loaded = torch.tensor([float(delta.load())], device=self.dist.device)
+            if self.dist.world > 1:  # every rank measures, or none: measure() is a collective
                 torch.distributed.all_reduce(loaded, op=torch.distributed.ReduceOp.MIN)
             if not loaded.item():
                 delta.base = None
-                log(f"no base-weight snapshot for world size {self.world} in {delta.path.parent}: "
+                log(f"no base-weight snapshot for world size {self.dist.world} in {delta.path.parent}: "
                     f"weights/mean_abs_delta is not logged in this attempt")
         return delta
 
     def _announce(self) -> None:
-        log(f"world {self.world}, {self.n_params / 1e6:.1f}M params ({self.n_local / 1e6:.1f}M on rank 0), "
+        log(f"world {self.dist.world}, {self.n_params / 1e6:.1f}M params ({self.n_local / 1e6:.1f}M on rank 0), "
             f"seq_len {self.seq_len}, {self.tokens_per_step:,} tokens/step, steps {self.state.step}→"
             f"{self.max_steps}, MLflow run {self.state.mlflow_run_id} at {self.tracker.uri}")
-        log(f"device {self.device}, {self.cfg.model.dtype}, attention "
+        log(f"device {self.dist.device}, {self.cfg.model.dtype}, attention "
             f"{self.attn_impl}, {self.optimizer_choice}, "
             f"{self.loader.num_workers} loader worker(s) per rank"
             + (", pinned batches" if self.loader.pin_memory else ""))
@@ -203,7 +203,7 @@ class Trainer:
         for micro in range(accumulation):
             batch = next(self.batches)
             used.append(batch.pop("sample_ids"))
-            on_device = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            on_device = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
             loss = self.engine(**model_inputs(on_device, self.attn_impl, self.dtype)).loss
             self.stats.add(loss)
             if micro == accumulation - 1:  # a bad loss anywhere turns this one into NaN: DeepSpeed skips the update
@@ -246,7 +246,7 @@ class Trainer:
         step = self.state.step
         tokens_per_s, util = self.meter.read()
         metrics = {"train/loss": loss, "train/lr": self.scheduler.get_last_lr()[0], "train/tokens_per_s": tokens_per_s,
-                   "train/tokens_per_s_per_device": tokens_per_s / self.world,
+                   "train/tokens_per_s_per_device": tokens_per_s / self.dist.world,
                    "train/epoch": self.batches.epoch}
         grad_norm = self.engine.get_global_grad_norm()  # a device scalar under ZeRO: read on log steps only
         if grad_norm is not None:
@@ -271,7 +271,7 @@ class Trainer:
         client = {**self.state.to_dict(), "loader": self.loader.state_dict()}
         path, seconds = checkpoint.save(self.engine, self.ckpt_root, step, client, self.dist)
         self.tracker.log_metrics({"checkpoint/save_s": seconds}, step)
-        if self.rank == 0:
+        if self.dist.main:
             pruned = checkpoint.prune(self.ckpt_root, self.cfg.checkpoint.keep_last, self.cfg.checkpoint.keep_every)
             log(f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
         self._check_grace(seconds)
@@ -327,7 +327,7 @@ class Trainer:
         self.eval_logger.curves(state)
         if step >= self.max_steps:
             self.tracker.end("FINISHED", self.cfg.tracking.wait_s)
-            if self.rank == 0:
+            if self.dist.main:
                 (self.run_dir / FINISHED).write_text(json.dumps({"step": step, "tokens_seen": state.tokens_seen}) + "\n")
             log(f"done: {step} steps, {state.tokens_seen:,} tokens; run folder {self.run_dir}")
             return
