@@ -22,6 +22,8 @@ def train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                                                                "per-device memory estimate; start nothing")
     parser.add_argument("--world-size", type=int, help="with --dry-run: devices to plan for")
     parser.add_argument("--gpus-per-node", type=int, help="with --dry-run: devices per node (default: min(world, 8))")
+    parser.add_argument("--device-gib", type=float, help="with --dry-run: memory of one device to plan for (default: "
+                                                         "this machine's GPU, else its RAM per local rank)")
     return parser
 
 
@@ -32,7 +34,7 @@ def rank_args(prog: str, add_arguments, argv: list[str] | None) -> argparse.Name
     parser = add_arguments(argparse.ArgumentParser(prog=prog))
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_intermixed_args(argv)
-    for option in ("nproc", "master_port", "dry_run", "world_size", "gpus_per_node"):
+    for option in ("nproc", "master_port", "dry_run", "world_size", "gpus_per_node", "device_gib"):
         if getattr(args, option, None) != parser.get_default(option):
             parser.error(f"--{option.replace('_', '-')} is for `{prog}`, which starts the ranks or plans them; this "
                          f"process is one rank")

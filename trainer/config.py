@@ -26,6 +26,14 @@ class ModelCfg(Section):
     attn_impl: Literal["auto", "eager", "sdpa", "flash_attention_2"] = "auto"
     activation_checkpointing: bool = False
     trust_remote_code: bool = False
+    # How the next-token loss is computed (trainer/loss.py). auto: without full-vocabulary logits, by liger-kernel's
+    # fused linear cross-entropy on CUDA when installed, else chunked in torch; the model's own loss (plain) where its
+    # head is not a plain linear layer. chunked/liger: that kernel (an error where it cannot apply). plain: the model's
+    # own forward with full logits.
+    loss_impl: Literal["auto", "chunked", "liger", "plain"] = "auto"
+    # torch.compile the model (DeepSpeed's engine.compile), each decoder layer compiled once and reused; the first
+    # steps pay the compile time. Off by default: it gains on GPUs, and its compile costs minutes on a CPU.
+    compile: bool = False
 
 
 class StreamCfg(Section):
@@ -126,6 +134,10 @@ class CheckpointCfg(Section):
 
 class DeepSpeedCfg(Section):
     config: str = "zero3"  # a name under ds_configs/ or a path to the user's JSON
+    # The ZeRO stage, over the JSON's. auto: the lowest stage (1, 2, 3) whose model states (weights, gradients, AdamW
+    # states) take at most half of one device's memory, the rest left to activations; ZeRO-3 when none does, and
+    # whenever the JSON offloads. The start-up log and `odyssey train --dry-run` say what it picked and why.
+    stage: Literal["auto", 1, 2, 3] | None = None  # None: the JSON's stage
     overrides: dict[str, Any] = Field(default_factory=dict)  # dotted keys applied to the JSON after "auto" filling
 
 

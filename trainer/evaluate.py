@@ -1,8 +1,9 @@
 """Per-domain loss and perplexity, token-weighted and summed across ranks. Every rank runs every forward (ZeRO-3
 gathers parameters collectively); per-token losses are reduced inside the loop, never stored as full logits.
 
-With `per_token=True` each domain's per-token losses and targets are also assembled in sample order on every rank
-([samples, seq_len-1], one all-reduce each), for the token statistics against the base model."""
+With `per_token=True` each domain's per-token losses and targets are also assembled in sample order on rank 0
+([samples, seq_len-1], one reduce each), for the token statistics against the base model, which only rank 0 computes.
+A model whose head computes the loss (trainer/loss.py) gives the per-token losses chunk by chunk, without logits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,12 +15,17 @@ import torch.nn.functional as F
 from analysis.metrics import perplexity
 from trainer.data import IGNORE, eval_batches
 from trainer.dist import Dist
+from trainer.loss import LossHead
 
 
 def token_losses(model, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy per position: [batch, seq_len - 1], fp32; 0 where the label is IGNORE."""
-    logits = model(input_ids=input_ids).logits[:, :-1].float()
-    return F.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none", ignore_index=IGNORE)
+    if isinstance(getattr(model, "module", model).get_output_embeddings(), LossHead):
+        return model(input_ids=input_ids, labels=labels, per_token=True).loss
+    logits = model(input_ids=input_ids).logits[:, :-1]
+    b, n, vocab = logits.shape
+    return F.cross_entropy(logits.reshape(b * n, vocab).float(), labels[:, 1:].reshape(-1), reduction="none",
+                           ignore_index=IGNORE).view(b, n)
 
 
 @dataclass
@@ -59,14 +65,15 @@ def evaluate(model, eval_sets: dict, dist: Dist, micro_batch: int, max_samples: 
                 full[name][1][rows] = losses[real].float()
     if dist.world > 1:
         torch.distributed.all_reduce(sums)
-        for targets, losses in full.values():
-            torch.distributed.all_reduce(targets)
-            torch.distributed.all_reduce(losses)
+        for targets, losses in full.values():  # only rank 0 summarizes them: a reduce, not an all-reduce
+            torch.distributed.reduce(targets, dst=0)
+            torch.distributed.reduce(losses, dst=0)
     model.train(was_training)
+    sums = sums.cpu()
     out = {}
     for i, name in enumerate(eval_sets):
         loss = (sums[i, 0] / sums[i, 1]).item()
-        targets, losses = full.get(name, (None, None))
+        targets, losses = full.get(name, (None, None)) if dist.main else (None, None)
         out[name] = DomainEval(loss, perplexity(loss), int(sums[i, 1].item()),
                                None if targets is None else targets.cpu().numpy(),
                                None if losses is None else losses.cpu().numpy())

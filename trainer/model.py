@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 
 from data_prep import tokenize
+from data_prep.console import log
 from trainer.config import ConfigError, ModelCfg
+from trainer.loss import use_head_loss
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -36,7 +38,8 @@ def resolve_attn_impl(attn_impl: str, dtype: str) -> str | None:
 
 
 def load_model(cfg: ModelCfg):
-    """The HF model in the configured dtype (`auto` resolved here, as the engine's JSON resolves it)."""
+    """The HF model in the configured dtype (`auto` resolved here, as the engine's JSON resolves it), its loss per
+    model.loss_impl (trainer/loss.py)."""
     from transformers import AutoModelForCausalLM
 
     tokenize.check_model_path(cfg.path, "model.path")
@@ -52,4 +55,8 @@ def load_model(cfg: ModelCfg):
     if cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    try:
+        log(use_head_loss(model, cfg.loss_impl))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return model

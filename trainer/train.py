@@ -34,7 +34,7 @@ from trainer.engine import build_engine, choose_optimizer, fill_ds_config, param
 from trainer.ledger import Ledger
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
-from trainer.plan import tokens_per_step, total_steps
+from trainer.plan import apply_stage, device_bytes, model_shape, tokens_per_step, total_steps
 from trainer.preempt import StopRequest
 from trainer.state import FINISHED, RunState
 from trainer.step_stats import StepStats
@@ -111,6 +111,7 @@ class Trainer:
         cfg = self.cfg
         self.hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
         self.ds_config = fill_ds_config(cfg, self.dist.world, getattr(self.hf_config, "hidden_size", None))
+        self.stage_choice = self._choose_stage()
         self.optimizer_choice = choose_optimizer(self.ds_config, self.dist.device)
         self.loader = build_train_loader(cfg, self.domains, self.dist.device)
         self.batches = Batches(self.loader)
@@ -118,6 +119,8 @@ class Trainer:
         self.max_steps = total_steps(cfg, self.tokens_per_step, len(self.loader.dataset))
         self.engine, self.scheduler, self.zero3_init = build_engine(cfg, self.ds_config, lambda: load_model(cfg.model),
                                                                    self.max_steps)
+        if cfg.model.compile:
+            self.engine.compile()  # torch.compile through DeepSpeed, which keeps ZeRO's hooks out of the graphs
         if self.engine.device != self.dist.device:
             raise RuntimeError(f"DeepSpeed placed the engine on {self.engine.device}, this rank chose "
                                f"{self.dist.device}")
@@ -127,6 +130,15 @@ class Trainer:
         self.flops_token = flops_per_token(self.hf_config, self.n_params, self.seq_len)
         self.peak_tflops = cfg.meter.peak_tflops or detect_peak_tflops(cfg.model.dtype)
         self.meter = Meter(self.tokens_per_step, self.dist.world, self.flops_token, self.peak_tflops)
+
+    def _choose_stage(self) -> str:
+        """Apply deepspeed.stage to the resolved JSON (auto: from the model's size and one device's memory)."""
+        total = largest = 0
+        if self.cfg.deepspeed.stage == "auto":
+            total, largest = model_shape(self.cfg.model.path, self.cfg.model.trust_remote_code)
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return apply_stage(self.cfg, self.ds_config, total, largest, local, max(1, self.dist.world // local),
+                           device_bytes(local)[0])
 
     def _resume(self, tag: str) -> None:
         t0 = time.time()
@@ -187,9 +199,9 @@ class Trainer:
         log(f"world {self.dist.world}, {self.n_params / 1e6:.1f}M params ({self.n_local / 1e6:.1f}M on rank 0), "
             f"seq_len {self.seq_len}, {self.tokens_per_step:,} tokens/step, steps {self.state.step}→"
             f"{self.max_steps}, MLflow run {self.state.mlflow_run_id} at {self.tracker.uri}")
-        log(f"device {self.dist.device}, {self.cfg.model.dtype}, attention "
-            f"{self.attn_impl}, {self.optimizer_choice}, "
-            f"{self.loader.num_workers} loader worker(s) per rank"
+        log(f"device {self.dist.device}, {self.cfg.model.dtype}, {self.stage_choice}, attention "
+            f"{self.attn_impl}, {self.optimizer_choice}, " + ("torch.compile, " if self.cfg.model.compile else "")
+            + f"{self.loader.num_workers} loader worker(s) per rank"
             + (", pinned batches" if self.loader.pin_memory else ""))
 
     # --- the step
