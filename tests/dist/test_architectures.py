@@ -1,7 +1,7 @@
 """The architecture families a study compares, tiny and random-init, built from their configs: GPT-2, OLMo-2 and
 Qwen2 (Mistral-style grouped-query attention, with qkv biases); Llama is what the other tests train. Each trains under 2-rank ZeRO-3, evaluates, halts
 with a checkpoint at step 1, resumes to step 2, and exports to a HF folder that scores the test split as the engine
-did."""
+did. OLMo-2 runs with `deepspeed.stage: auto`, which picks ZeRO-2 for it (the other tests run ZeRO-3)."""
 import subprocess
 import sys
 
@@ -32,6 +32,8 @@ def model_config(arch: str, vocab: int):
 # 2 ranks x 1 x 64 tokens per step is 1.6 steps, rounded up to 2
 EXTRA = {"gpt2": ("model: {{path: {model}, attn_impl: eager, activation_checkpointing: true}}",
                   "run: {{out_dir: {out}, name: r, max_tokens: 200, halt_at_step: 1}}"),
+         "olmo2": ("model: {{path: {model}}}\ndeepspeed: {{stage: auto}}",
+                   "run: {{out_dir: {out}, name: r, max_steps: 2, halt_at_step: 1}}"),
          "default": ("model: {{path: {model}}}", "run: {{out_dir: {out}, name: r, max_steps: 2, halt_at_step: 1}}")}
 
 
@@ -53,7 +55,10 @@ def test_architecture_trains_resumes_and_exports(arch, assets, tmp_path):
                    f"data: {{streams: [{{name: prose, path: {assets['domains'] / 'prose'}}}]}}\n"
                    "optim: {lr: 1.0e-3}\neval: {interval: 1, max_samples: 4}\ncheckpoint: {interval: 1}\n"
                    "tracking: {experiment: test}\n")
-    assert "halted at step 1" in run(cfg).stdout
+    first = run(cfg).stdout
+    assert "halted at step 1" in first
+    assert ("ZeRO-2 (deepspeed.stage auto: ZeRO-2 model states" in first) == (arch == "olmo2"), first[-3000:]
+    assert "loss: chunked linear cross-entropy" in first
     assert "done: 2 steps" in run(cfg, "--resume", "auto", "run.halt_at_step=null").stdout
     client, runs = client_and_run(tmp_path / "r")
     evals = history(client, runs[0].info.run_id, "eval/prose/loss")
