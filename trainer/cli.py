@@ -85,7 +85,8 @@ def preflight(config: str, overrides: list[str], resume: str | None, world: int)
     from trainer.model import load_tokenizer
 
     cfg = load_config(config, overrides)
-    check_domains(cfg, tokenizer_fingerprint(load_tokenizer(cfg.model)))
+    # sizes only: the ranks hash the shards (once per node, on the nodes that read them, before any weight loads)
+    check_domains(cfg, tokenizer_fingerprint(load_tokenizer(cfg.model)), hashes=False)
     fill_ds_config(cfg, world_size=1)
     checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, Dist(world=world), fast=True)  # the ranks hash
 
@@ -124,7 +125,7 @@ def dry_run(args: argparse.Namespace) -> int:
         if seq_len is None:
             raise ConfigError(f"--dry-run needs data.seq_len or readable prepared domains ({err})") from None
     world = args.world_size or args.nproc or int(os.environ.get("WORLD_SIZE", "1"))
-    print_plan(cfg, plan(cfg, world, args.gpus_per_node or min(world, 8), seq_len, train_samples))
+    print_plan(cfg, plan(cfg, world, args.gpus_per_node or min(world, 8), seq_len, train_samples, args.device_gib))
     return 0
 
 

@@ -8,18 +8,23 @@ Domains are local folders or remote URLs (s3://…); remote shards are cached un
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from data_prep import remote
+from data_prep.console import log
+from data_prep.errors import OdysseyError
 from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_manifest
 from data_prep.shards import IGNORE, INPUT_IDS, LABELS, SEGMENTS, TOKENS, open_split
 from data_prep.validate import require_valid
 from trainer.config import Config, ConfigError
-from trainer.dist import Dist
+from trainer.dist import Dist, first_problem, in_srun_step
 
 
 @dataclass
@@ -57,12 +62,40 @@ def _cache_dir(cfg: Config) -> Path:
     return Path(cfg.data.cache_dir) if cfg.data.cache_dir else cfg.run_dir.parent / ".shard_cache"
 
 
-def check_domains(cfg: Config, tokenizer_fp: dict) -> tuple[dict[str, Domain], int]:
+def check_domains(cfg: Config, tokenizer_fp: dict, dist: Dist | None = None, hashes: bool | None = None
+                  ) -> tuple[dict[str, Domain], int]:
     """Open every domain the run needs and check it before step 1: tokenizer, seq_len, and (local domains) the
-    cheap shard validation, so a missing, truncated or foreign shard stops the run with one line naming it."""
+    shard validation, so a missing, truncated, corrupt or foreign shard stops the run with one line naming it.
+
+    Shard files are checked once per node, by its local rank 0 (the files are the node's, or a shared filesystem's,
+    where once per node is still cheap): hashing them on every rank read the node's data 8 times on 8 GPUs. Every
+    rank then learns the first failure of any rank, so that all of them stop together with the same line rather
+    than the others waiting in their next collective. `hashes`: xxh64 of every shard file (default
+    data.verify_hashes); the launcher's preflight passes False and leaves it to the ranks, which hash on every launch
+    path (srun, deepspeed, torchrun) on the nodes that read the files, still before any weight loads."""
+    dist = dist or Dist()  # one process, no process group
+    hashes = cfg.data.verify_hashes if hashes is None else hashes
+    found, failure = None, None
+    try:
+        found = _open_and_check(cfg, tokenizer_fp, validate=dist.local_rank == 0, hashes=hashes)
+    except Exception as err:  # every rank must hear of it, whatever it is, or the others wait
+        failure = err
+    where = f" (rank {dist.rank} on {socket.gethostname()})" if dist.world > 1 else ""
+    agreed = first_problem(None if failure is None else f"{failure}{where}", dist)
+    if agreed is None:
+        return found
+    if failure is not None and (dist.world == 1 or not isinstance(failure, (OdysseyError, OSError))):
+        raise failure  # alone: as it was; a bug: its traceback here, while the other ranks stop with the line
+    raise ManifestError(agreed)
+
+
+def _open_and_check(cfg: Config, tokenizer_fp: dict, validate: bool, hashes: bool
+                    ) -> tuple[dict[str, Domain], int]:
+    """check_domains on this rank; `validate`: also this node's shard files (sizes, and xxh64 when `hashes`)."""
     cache_dir = _cache_dir(cfg)
     train_names = {s.name for s in cfg.data.streams}
     domains: dict[str, Domain] = {}
+    t0, hashed = time.time(), []
     for d in cfg.eval_domains():
         dom = open_domain(d.name, d.path, cache_dir)
         check_tokenizer(dom.manifest, tokenizer_fp, f"domain '{d.name}' ({d.path})")
@@ -70,9 +103,13 @@ def check_domains(cfg: Config, tokenizer_fp: dict) -> tuple[dict[str, Domain], i
         for split in needed:
             if dom.manifest["splits"][split]["samples"] == 0:
                 raise ManifestError(f"domain '{d.name}': the {split} split is empty")
-        if dom.remote is None:
-            require_valid(dom.local, label=d.name, splits=needed, hashes=cfg.data.verify_hashes)
+        if dom.remote is None and validate:
+            require_valid(dom.local, label=d.name, splits=needed, hashes=hashes)
+            hashed += [d.name] if hashes else []
         domains[d.name] = dom
+    if hashed:  # one line per node: the proof that the node's shards were hashed once
+        log(f"shard checksums of {', '.join(hashed)} verified on {socket.gethostname()} in {time.time() - t0:.1f}s "
+            f"(once per node, by its local rank 0)", every_rank=True)
     seq_lens = {n: dom.manifest["seq_len"] for n, dom in domains.items()}
     if len(set(seq_lens.values())) > 1:
         raise ManifestError(f"domains were packed with different seq_len: {seq_lens}")
@@ -160,15 +197,37 @@ def _dataset_class():
     return LedgeredDataset
 
 
-def loader_workers(configured: int | None, device: torch.device, local_world: int) -> int:
-    """Worker processes per rank: as configured, else on a GPU up to 4 (the cores not taken by the other local ranks),
-    and 0 on CPU, where every core already trains."""
+def rank_cores(local_world: int, env: Mapping[str, str] | None = None, cores: int | None = None,
+               parent_cores: int | None = None) -> int:
+    """The cores this rank may use by itself. The affinity (`cores`) is what the job allows (SLURM, cgroups). A
+    launcher that starts every local rank with that same affinity (deepspeed, torchrun, srun without task binding)
+    leaves it to be shared by `local_world` ranks; one that binds each rank to a slice of its own has divided it
+    already, and dividing again left 1 loader worker per rank: srun --cpus-per-task=N with task binding (an srun
+    task is this rank, and its affinity is at most N), or a binding wrapper (deepspeed --bind_cores_to_rank,
+    numactl), seen as an affinity smaller than the launcher's (`parent_cores`, this process's parent). A wrong
+    "not sliced" costs workers; a wrong "sliced" is capped by loader_workers' 4."""
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    if parent_cores is None:
+        try:
+            parent_cores = len(os.sched_getaffinity(os.getppid()))
+        except OSError:  # the parent is gone
+            parent_cores = cores
+    per_task = env.get("SLURM_CPUS_PER_TASK", "")
+    srun_rank = in_srun_step(env) and env.get("WORLD_SIZE", env["SLURM_STEP_NUM_TASKS"]) == env["SLURM_STEP_NUM_TASKS"]
+    sliced = (srun_rank and per_task.isdigit() and cores <= int(per_task)) or cores < parent_cores
+    return cores if sliced else max(1, cores // max(1, local_world))
+
+
+def loader_workers(configured: int | None, device: torch.device, local_world: int, cores: int | None = None) -> int:
+    """Worker processes per rank: as configured, else on a GPU up to 4, leaving this rank's main process a core of
+    the `cores` it may use by itself (rank_cores), and 0 on CPU, where every core already trains."""
     if configured is not None:
         return configured
     if device.type != "cuda":
         return 0
-    cores = len(os.sched_getaffinity(0))  # what this job may use (SLURM/cgroups), not the whole node
-    return max(1, min(4, cores // max(1, local_world) - 1))
+    cores = rank_cores(local_world) if cores is None else cores
+    return max(1, min(4, cores - 1))
 
 
 def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.device):

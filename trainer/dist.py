@@ -93,3 +93,25 @@ def init_distributed() -> Dist:
     device = select_device(local_rank)
     deepspeed.init_distributed(dist_backend=None, verbose=False)
     return Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, device)
+
+
+PROBLEM_BYTES = 1024
+
+
+def first_problem(problem: str | None, dist: Dist) -> str | None:
+    """The lowest failing rank's problem, known to every rank (None: no rank had one), so that all ranks stop
+    together with the same line instead of the others waiting in their next collective until the launcher kills
+    them. Two small collectives on device tensors (NCCL takes no host tensors); the line is cut at 1 KiB."""
+    if dist.world == 1 or not torch.distributed.is_initialized():
+        return problem
+    who = torch.tensor([dist.rank if problem is not None else dist.world], dtype=torch.int64, device=dist.device)
+    torch.distributed.all_reduce(who, op=torch.distributed.ReduceOp.MIN)
+    src = int(who.item())
+    if src == dist.world:
+        return None
+    text = torch.zeros(PROBLEM_BYTES, dtype=torch.uint8, device=dist.device)
+    raw = (problem or "failed").encode()[:PROBLEM_BYTES] if dist.rank == src else b""
+    if raw:
+        text[:len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(dist.device)
+    torch.distributed.broadcast(text, src=src)
+    return bytes(text.cpu().tolist()).rstrip(b"\0").decode(errors="replace")

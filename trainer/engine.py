@@ -107,16 +107,35 @@ def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None)
     return ds
 
 
-def fused_adam_builds() -> bool:
+def cuda_header_dirs() -> list[str]:
+    """The CUDA library headers (cusparse.h, cublas_v2.h, ...) of the pip `nvidia-*` wheels torch runs on. torch's
+    extension builder adds only CUDA_HOME/include, and a toolkit with only nvcc and cudart there cannot build any op
+    that includes ATen/cuda (FusedAdam's did not build on the GPU node for this reason)."""
+    import glob
+    import site
+
+    roots = [*site.getsitepackages(), site.getusersitepackages()]
+    return sorted({d for r in roots for d in glob.glob(f"{r}/nvidia/*/include") + glob.glob(f"{r}/nvidia/cu*/include")})
+
+
+def fused_adam_builds() -> tuple[bool, str]:
     """Whether DeepSpeed's FusedAdam op loads on this accelerator: prebuilt, or JIT-built (CUDA: with nvcc, about a
-    minute the first time; CPU: a C++ kernel in seconds), then cached in ~/.cache/torch_extensions."""
+    minute the first time; CPU: a C++ kernel in seconds), then cached in ~/.cache/torch_extensions. Returns (built,
+    why not: the first error line)."""
+    import os
+
+    if torch.cuda.is_available():
+        extra = [d for d in cuda_header_dirs() if d not in os.environ.get("CPATH", "").split(os.pathsep)]
+        if extra:  # gcc and nvcc both read CPATH
+            os.environ["CPATH"] = os.pathsep.join(filter(None, [os.environ.get("CPATH"), *extra]))
     try:
         from deepspeed.accelerator import get_accelerator
 
         get_accelerator().create_op_builder("FusedAdamBuilder").load(verbose=False)
-        return True
-    except Exception:  # no nvcc or compiler, a build error, an incompatible CUDA: all mean "use torch's"
-        return False
+        return True, ""
+    except Exception as err:  # no nvcc or compiler, a build error, an incompatible CUDA: all mean "use torch's"
+        lines = [ln for ln in str(err).splitlines() if "error" in ln.lower()] or str(err).splitlines() or [repr(err)]
+        return False, lines[0][:200]
 
 
 def choose_optimizer(ds: dict, device: torch.device) -> str:
@@ -133,13 +152,14 @@ def choose_optimizer(ds: dict, device: torch.device) -> str:
         return f"optimizer: DeepSpeedCPUAdam (optimizer offloaded to {offload})"
     if "torch_adam" in params:
         return f"optimizer: as the DeepSpeed JSON says (torch_adam={params['torch_adam']})"
-    if fused_adam_builds():
+    built, why_not = fused_adam_builds()
+    if built:
         return f"optimizer: DeepSpeed FusedAdam ({device.type})"
     params["torch_adam"] = True
     if device.type == "cuda":
         params["fused"] = True
-        return "optimizer: torch.optim.AdamW(fused=True) (DeepSpeed's FusedAdam op did not build here)"
-    return "optimizer: torch.optim.AdamW (DeepSpeed's FusedAdam op did not build here)"
+    return (f"optimizer: torch.optim.AdamW{'(fused=True)' if device.type == 'cuda' else ''} (DeepSpeed's FusedAdam "
+            f"op did not build here: {why_not})")
 
 
 def build_engine(cfg: Config, ds_config: dict, load_model, total_steps: int):

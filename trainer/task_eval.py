@@ -4,8 +4,9 @@ by greedy decoding up to `max_new_tokens`, stripped and cut at the first blank l
 against the target by Rouge-L.
 
 Every rank runs the same number of batches (short ranks repeat example 0 with weight 0), so under ZeRO-3 the
-collective forwards, and `generate(synced_gpus=True)`, line up. Scores are summed on the device and all-reduced once
-per task. The one scoring path of both the fine-tuning run's eval points and `odyssey evaluate-tasks`."""
+collective forwards, and `generate(synced_gpus=True)` (under ZeRO-3 only: `synced_generation`), line up. Scores
+are summed on the device and all-reduced once per task. The one scoring path of both the fine-tuning run's eval
+points and `odyssey evaluate-tasks`."""
 from __future__ import annotations
 
 import json
@@ -165,6 +166,16 @@ def example_scores(model, ts: TaskSet, examples: list[Example], shots: int, max_
                         device=device)
 
 
+def synced_generation(model, dist: Dist) -> bool:
+    """Whether `generate` must keep every rank decoding until all are done: under ZeRO-3 only, where each forward
+    gathers partitioned parameters collectively (its parameters carry DeepSpeed's `ds_id`). Below stage 3 (zero2,
+    a plain model on each rank) every rank holds whole weights, and syncing would only run dummy forwards."""
+    if dist.world == 1:
+        return False
+    first = next(getattr(model, "module", model).parameters(), None)
+    return first is not None and hasattr(first, "ds_id")
+
+
 @torch.no_grad()
 def score_task(model, ts: TaskSet, shots: int, max_examples: int | None, micro_batch: int, dist: Dist,
                max_new_tokens: int = 60) -> tuple[float, int]:
@@ -176,11 +187,12 @@ def score_task(model, ts: TaskSet, shots: int, max_examples: int | None, micro_b
     mine = list(range(rank, n, world))
     n_batches = -(-(-(-n // world)) // micro_batch)
     sums = torch.zeros(2, dtype=torch.float64, device=device)
+    synced = synced_generation(model, dist)
     for b in range(n_batches):
         idx = mine[b * micro_batch:(b + 1) * micro_batch]
         pad = micro_batch - len(idx)
         scores = example_scores(model, ts, [ts.example(i) for i in idx + [0] * pad], shots, max_new_tokens, device,
-                                world > 1)
+                                synced)
         weight = torch.tensor([1.0] * len(idx) + [0.0] * pad, dtype=torch.float64, device=device)
         sums += torch.stack([(scores * weight).sum(), weight.sum()])
     if world > 1:

@@ -73,7 +73,7 @@ class Trainer:
         self.state = RunState()
         checkpoint.check_shared(self.run_dir, self.dist)
         tokenizer = load_tokenizer(cfg.model)  # data checks first: cheap, and they fail before any weight loads
-        self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer))
+        self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer), self.dist)
         tag = checkpoint.starting_tag(self.ckpt_root, resume, self.dist, cfg.checkpoint.verify == "fast")
         set_aside = checkpoint.set_aside_newer(self.ckpt_root, tag) if tag and self.dist.main else None
         if self.dist.main:

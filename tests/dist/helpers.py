@@ -53,6 +53,42 @@ def wrapped(cfg, *args, nproc=2, env=None) -> tuple[list[str], dict]:
     return c, {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": ROOT, **(env or {})}
 
 
+def rank_env(rank: int, world: int, port: int) -> dict:
+    """What torchrun sets for one rank of a one-node job (no launcher process: each rank's exit code is its own)."""
+    return {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+            "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "DS_ACCELERATOR": "cpu", "PYTHONPATH": ROOT}
+
+
+def start_ranks(args: list[str], nproc: int = 2, **popen) -> list[subprocess.Popen]:
+    """`python -m odyssey ARGS` as `nproc` ranks of one job. Output goes to files, not pipes: a rank blocked on a
+    full pipe nobody reads yet would hold the others in their next collective. Read it back with `wait_ranks`."""
+    import tempfile
+
+    port = free_port()
+    ranks = []
+    for r in range(nproc):
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        ranks.append(subprocess.Popen([sys.executable, "-m", "odyssey", *args], stdout=out, stderr=err, text=True,
+                                      env=rank_env(r, nproc, port), **popen))
+        ranks[-1].files = (out, err)
+    return ranks
+
+
+def wait_ranks(ranks: list[subprocess.Popen], timeout: float = 600) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of every rank started by `start_ranks`."""
+    done = []
+    for rank in ranks:
+        rank.wait(timeout=timeout)
+        texts = []
+        for f in rank.files:
+            f.seek(0)
+            texts.append(f.read())
+            f.close()
+        done.append((rank.returncode, *texts))
+    return done
+
+
 def run_wrapped(cfg, *args, nproc=2, env=None, expect=0):
     """Like `run`, with every rank under tests/dist/wrap.py."""
     c, full_env = wrapped(cfg, *args, nproc=nproc, env=env)

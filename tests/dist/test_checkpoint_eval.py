@@ -1,11 +1,13 @@
-"""`odyssey eval --checkpoints`: a watcher started before training scores each checkpoint as it appears, into the
-training run, with the numbers the training job itself logs for the same weights."""
+"""`odyssey eval --checkpoints`: a watcher of 2 ranks started before training scores each checkpoint as it appears,
+into the training run, with the numbers the training job itself logs for the same weights; only rank 0 builds each
+model on the host and sends it to the other rank (trainer/checkpoint_eval.py: shared_model), so these numbers also
+say that rank 1 scored with the same weights. HF-format checkpoints into a new run, single-process."""
 import subprocess
 import sys
 
 import pytest
 
-from tests.dist.helpers import client_and_run, history, run
+from tests.dist.helpers import client_and_run, history, run, start_ranks, wait_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +23,13 @@ eval: {{interval: 0, max_samples: 8, domains: [{{name: code, path: {assets['doma
 checkpoint: {{interval: 2}}
 tracking: {{experiment: test}}
 """)
-    watcher = subprocess.Popen([sys.executable, "-m", "odyssey", "eval", "--checkpoints",
-                                str(tmp_path / "w" / "checkpoints"), "--watch", "--poll", "1", "--until-step", "6"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watcher = start_ranks(["eval", "--checkpoints", str(tmp_path / "w" / "checkpoints"), "--watch", "--poll", "1",
+                           "--until-step", "6"])
     run(cfg)
-    out, err = watcher.communicate(timeout=600)
-    assert watcher.returncode == 0, err[-3000:]
-    assert "evaluated 3 checkpoint(s): steps [2, 4, 6]" in out
+    done = wait_ranks(watcher)
+    assert [rc for rc, _, _ in done] == [0, 0], [err[-3000:] for _, _, err in done]
+    assert "evaluated 3 checkpoint(s): steps [2, 4, 6]" in done[0][1]
+    assert done[0][1].count("built once on rank 0's host, sent to 2 ranks") == 3
     client, runs = client_and_run(tmp_path / "w")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the watcher leaves the training run's status be
     rid = runs[0].info.run_id

@@ -1,5 +1,6 @@
 """Real multi-process DeepSpeed ZeRO-3 (2 ranks, gloo on CPU) on a tiny Llama: eval metrics in MLflow, artifacts,
-checkpoints, and a halted + resumed run that reproduces the uninterrupted run's losses."""
+checkpoints, shards hashed once per node, and a halted + resumed run that reproduces the uninterrupted run's
+losses."""
 import json
 import subprocess
 import sys
@@ -35,8 +36,17 @@ tracking: {{experiment: test}}
 @pytest.fixture(scope="module")
 def straight(config):
     cfg, out = config
-    run(cfg)
+    r = run(cfg)
+    (out / "straight.log").write_text(r.stdout + r.stderr)  # what the launcher and its ranks printed
     return out / "straight"
+
+
+def test_shards_are_hashed_once_per_node(straight):
+    """Both ranks run on one node: its local rank 0 hashes the shards, rank 1 and the launcher's preflight do not
+    (each hashing rank prints this line)."""
+    log = (straight.parent / "straight.log").read_text()
+    hashed = [line for line in log.splitlines() if "shard checksums of prose, code verified on" in line]
+    assert len(hashed) == 1, hashed
 
 
 def test_eval_metrics_params_and_artifacts(straight):

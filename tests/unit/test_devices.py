@@ -8,7 +8,7 @@ import torch
 from trainer import engine as eng
 from trainer.dist import Dist, select_device
 from trainer.config import ConfigError
-from trainer.data import loader_workers
+from trainer.data import loader_workers, rank_cores
 from trainer.meter import peak_tflops_for
 from trainer.model import resolve_attn_impl
 from trainer.step_stats import StepStats
@@ -63,15 +63,15 @@ def ds(offload=None, **params):
 
 def test_optimizer_choice(monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
-    monkeypatch.setattr(eng, "fused_adam_builds", lambda: False)
+    monkeypatch.setattr(eng, "fused_adam_builds", lambda: (False, "nvcc: not found"))
     d = ds()
-    assert "torch.optim.AdamW (DeepSpeed's FusedAdam op did not build here)" in eng.choose_optimizer(d, cpu)
+    assert "torch.optim.AdamW (DeepSpeed's FusedAdam op did not build here: nvcc: not found)" in eng.choose_optimizer(d, cpu)
     assert d["optimizer"]["params"]["torch_adam"] is True and "fused" not in d["optimizer"]["params"]
-    monkeypatch.setattr(eng, "fused_adam_builds", lambda: True)
+    monkeypatch.setattr(eng, "fused_adam_builds", lambda: (True, ""))
     d = ds()
     assert eng.choose_optimizer(d, gpu) == "optimizer: DeepSpeed FusedAdam (cuda)"
     assert "torch_adam" not in d["optimizer"]["params"]
-    monkeypatch.setattr(eng, "fused_adam_builds", lambda: False)
+    monkeypatch.setattr(eng, "fused_adam_builds", lambda: (False, "nvcc: not found"))
     d = ds()
     assert "AdamW(fused=True)" in eng.choose_optimizer(d, gpu)
     assert d["optimizer"]["params"] == {"lr": 1e-4, "torch_adam": True, "fused": True}
@@ -85,6 +85,28 @@ def test_loader_workers():
     assert loader_workers(None, torch.device("cpu"), 2) == 0
     assert loader_workers(3, torch.device("cpu"), 2) == 3
     assert 1 <= loader_workers(None, torch.device("cuda", 0), 8) <= 4
+
+
+SRUN = {"SLURM_STEP_NUM_TASKS": "16", "SLURM_PROCID": "3", "WORLD_SIZE": "16", "SLURM_CPUS_PER_TASK": "12"}
+
+
+@pytest.mark.parametrize("cores, parent, env, expect", [
+    (96, 96, {}, 12),  # deepspeed / torchrun on one node: every rank inherits the node's 96 cores, 8 ranks share them
+    (96, 96, SRUN, 12),  # srun --cpus-per-task=12 without task binding: the step's 96 cores, shared
+    (12, 12, SRUN, 12),  # srun --cpus-per-task=12 with task binding: this task's own 12 (was 12 // 8 = 1)
+    (12, 96, {}, 12),  # deepspeed --bind_cores_to_rank / numactl: a slice smaller than the launcher's
+    (12, 12, {**SRUN, "WORLD_SIZE": "128"}, 1),  # a deepspeed launcher started by srun: its ranks share the task's
+    (3, 3, {}, 1),  # fewer cores than ranks: still one
+])
+def test_rank_cores_divides_only_an_affinity_the_local_ranks_share(cores, parent, env, expect):
+    assert rank_cores(8, env, cores=cores, parent_cores=parent) == expect
+
+
+def test_loader_workers_from_the_ranks_own_cores():
+    gpu = torch.device("cuda", 0)
+    assert loader_workers(None, gpu, 8, cores=rank_cores(8, SRUN, cores=12, parent_cores=12)) == 4
+    assert loader_workers(None, gpu, 8, cores=rank_cores(8, {}, cores=16, parent_cores=16)) == 1
+    assert loader_workers(None, gpu, 8, cores=3) == 2
 
 
 def test_mfu_peak_matches_dtype():

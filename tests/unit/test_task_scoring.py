@@ -13,7 +13,8 @@ from data_prep.config import validate
 from data_prep.tasks import TaskCfg, prepare_task
 from tests import tiny
 from trainer.dist import Dist
-from trainer.task_eval import TaskSet, example_scores, greedy, label_logprobs, open_task_set, score_task
+from trainer.task_eval import (TaskSet, example_scores, greedy, label_logprobs, open_task_set, score_task,
+                               synced_generation)
 
 LABELS = {"0": " riverbank", "1": " mountain ridge", "2": " the"}
 
@@ -79,6 +80,21 @@ def test_k_shot_prompts_carry_the_pools_first_examples(setup):
 def test_score_task_single_rank_counts_every_example(setup):
     acc, n = score_task(setup["model"], setup["task"], 0, 7, 3, Dist())
     assert n == 7 and 0.0 <= acc <= 1.0 and (acc * 7) == pytest.approx(round(acc * 7))
+
+
+def test_generation_syncs_ranks_under_zero3_only(setup):
+    """generate(synced_gpus=True) only where forwards gather partitioned parameters collectively: ZeRO-3, whose
+    parameters carry DeepSpeed's ds_id (trainer/engine.py checks the same); not for zero2 or plain data parallel."""
+    model, two_ranks = setup["model"], Dist(rank=1, world=2)
+    assert not synced_generation(model, two_ranks)
+    first = next(model.parameters())
+    first.ds_id = 0
+    try:
+        assert synced_generation(model, two_ranks)
+        assert synced_generation(type("Engine", (), {"module": model})(), two_ranks)  # a DeepSpeed engine's module
+        assert not synced_generation(model, Dist())  # alone: nothing to wait for
+    finally:
+        del first.ds_id
 
 
 def manual_greedy(model, prompt: list[int], n: int, eos: int) -> list[int]:
