@@ -1,18 +1,30 @@
-"""The GPU device check (run by bench/gpu_check.sh, which installs the carried wheels first): on one GPU, a 1.1B Llama
-of TinyLlama's shape built from config, seq 2048, shards prepped here, ZeRO-3 in the device's best dtype:
+"""The GPU device check (run by bench/gpu_check.sh, which installs the carried wheels first). Stages, most valuable
+first, each a process of its own (bench/gpu_stages.py) under its own time limit within one budget:
 
-  1. Odyssey: warm-up + timed steps → tokens/s, TFLOP/s, MFU; then an eval with token statistics and a checkpoint
-  2. the bare `deepspeed.initialize` loop on the same model, data and DeepSpeed JSON (bench/train_throughput.py)
-  3. a 2-step resume from that checkpoint, an export to a HF folder loaded back with from_pretrained
-  4. a short zero3_offload run
-and prints one table. The same script runs on CPU with a small shape to check its own flow:
-    python bench/gpu_check.py --shape cpu --seq-len 256 --steps 4 --warmup 2
+  build       a 1.1B Llama of TinyLlama's shape built from config, shards prepped (seq 2048); the device and stack
+  ops         DeepSpeed's FusedAdam and CPUAdam built once, into a cache every later process reuses
+  speed       Odyssey against the bare `deepspeed.initialize` loop, interleaved rounds, one resolved DeepSpeed JSON:
+              tokens/s, TFLOP/s, MFU, Odyssey / bare
+  variants    Odyssey config variants (gpu_stages.py: variants) once each: tokens/s, MFU
+  functional  eval with token statistics, checkpoint save, resume to the end, bf16 export loaded back
+  offload     a short zero3_offload run
+  7b          Llama-2-7B's shape, ZeRO-3 (offloaded below 100 GiB of device memory), 10 steps: tokens/s, MFU
+
+A stage's limit is the smaller of its own and what is left of --budget-s; a stage started with under 30 s left would
+only be killed, so it is skipped. Each row goes to OUT/rows.jsonl and the console the moment its stage ends (a failed
+stage also prints its last 30 lines), OUT/table.md holds the table so far, OUT/stages.log each stage's log tail; the
+models, shards, checkpoints and the torch-extensions cache stay in the work folder, outside OUT (the device tool
+brings back at most 8 files of 16 MiB). Exit 0 when no stage failed or timed out. The same script checks its own flow
+on CPU with a small shape, the 7b stage skipped there (docs/BENCHMARKS.md, "GPU device check", has the command):
+    python bench/gpu_check.py --shape cpu --seq-len 256 --micro-batch 2 --steps 4 --warmup 2 --budget-s 1500
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,140 +33,180 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.train_throughput import (logged_seconds, odyssey_config, resolved_ds_config, run_odyssey,  # noqa: E402
-                                    time_peer)
+from bench.gpu_stages import ROW, STAGES, last_line, variants  # noqa: E402
+from bench.workload import SHAPES  # noqa: E402
 
-
-def model_flops(model: Path, seq_len: int) -> tuple[int, float]:
-    """(parameters, training FLOPs per token), counted on the meta device."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from trainer.meter import flops_per_token
-
-    config = AutoConfig.from_pretrained(model)
-    with torch.device("meta"):
-        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    return n, flops_per_token(config, n, seq_len)
-
-
-def seconds_in(log: str, pattern: str) -> str:
-    found = re.findall(pattern, log)
-    return f"{float(found[-1]):.1f} s" if found else "not seen"
+MIN_STAGE_S = 30  # less than this left of the budget: the stage is skipped (starting one takes ~15 s)
+TAIL_LINES = 30  # of a failed stage's log, printed
+LOG_TAIL_BYTES = 1 << 20  # of each stage's log, kept in OUT/stages.log
 
 
 def parse_args() -> argparse.Namespace:
-    from trainer.model import resolve_dtype
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shape", default="tinyllama")
+    ap.add_argument("--shape", default="tinyllama", choices=sorted(SHAPES))
     ap.add_argument("--seq-len", type=int, default=2048)
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--accumulation", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--text-mb", type=float, default=6.0)
-    ap.add_argument("--out", default="/tmp/odyssey-gpu-check")
-    ap.add_argument("--port", type=int, default=29741)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved Odyssey / bare rounds of the speed stage")
+    ap.add_argument("--variants", default="all", help="comma-separated names from gpu_stages.py's variants, or all")
+    ap.add_argument("--stages", default="all", help=f"comma-separated, of {','.join(STAGES)} (the rest are skipped)")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="all stages together, in seconds")
+    ap.add_argument("--stage-limit", action="append", default=[], metavar="NAME=SECONDS",
+                    help="replace a stage's own time limit (repeatable)")
+    ap.add_argument("--out", default=os.environ.get("OUT") or "/tmp/odyssey-gpu-check",
+                    help="rows, table and log tails (default $OUT, else /tmp/odyssey-gpu-check)")
+    ap.add_argument("--work", default="/tmp/odyssey-gpu-work", help="models, shards, runs: outside --out")
+    ap.add_argument("--port", type=int, help="the bare loop's rendezvous port (default: a free one)")
     args = ap.parse_args()
-    args.nproc, args.attn_impl, args.loader_workers, args.rounds = 1, None, None, 1
-    args.dtype = resolve_dtype("auto")
-    args.out = Path(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    args.uri = f"file://{args.out}/mlruns"
-    args.runs = args.out / "runs"
-    args.runs.mkdir(exist_ok=True)
+    args.out, args.work = Path(args.out).resolve(), Path(args.work).resolve()
+    if args.work.is_relative_to(args.out):
+        ap.error(f"--work {args.work} is inside --out {args.out}: the work folder holds gigabytes")
+    args.limits = {name: float(stage.limit_s) for name, stage in STAGES.items()}
+    for item in args.stage_limit:
+        name, _, seconds = item.partition("=")
+        if name not in STAGES or not seconds.replace(".", "", 1).isdigit():
+            ap.error(f"--stage-limit {item}: expected NAME=SECONDS with NAME one of {', '.join(STAGES)}")
+        args.limits[name] = float(seconds)
+    args.selected = list(STAGES) if args.stages == "all" else args.stages.split(",")
+    unknown = [s for s in args.selected if s not in STAGES] + (
+        [] if args.variants == "all" else [v for v in args.variants.split(",") if v not in variants(args)])
+    if unknown:
+        ap.error(f"unknown stage or variant: {', '.join(unknown)}")
+    args.port = args.port or free_port()
     return args
 
 
-def check_training(args, model, domain, flops_token: float, rows: list) -> dict:
-    """Odyssey's throughput (then eval with token stats and a checkpoint), against the bare loop on the same model,
-    data and DeepSpeed JSON. Returns the run config."""
-    import numpy as np
-
-    from bench.workload import token_rows
-    from trainer.meter import detect_peak_tflops
-
-    timed_end = args.warmup + args.steps
-    cfg = odyssey_config(args, model, domain, args.runs, "main",
-                         run={"max_steps": timed_end + 2, "halt_at_step": timed_end},
-                         eval={"interval": timed_end, "max_samples": 32, "token_stats": True},
-                         checkpoint={"save_final": True}, tracking={"experiment": "bench", "uri": args.uri})
-    log1 = run_odyssey(args, cfg)
-    seconds = logged_seconds(args.uri, args.warmup, timed_end)
-    tps = args.steps * args.micro_batch * args.accumulation * args.seq_len / seconds
-    peak = detect_peak_tflops(args.dtype)
-    mfu = f", MFU {tps * flops_token / (peak * 1e12):.1%} of {peak:.0f}" if peak else ""
-    rows.append(("Odyssey ZeRO-3", f"{tps:,.0f} tok/s, {tps * flops_token / 1e12:.1f} TFLOP/s{mfu} "
-                                   f"({args.steps} steps after {args.warmup})"))
-    rows.append(("  setup it chose", " ".join(re.findall(r"\[odyssey\] device (.*)", log1)[-1:])))
-    np.save(args.out / "rows.npy", token_rows(domain))
-    ds_json = resolved_ds_config(cfg, 1, args.out)
-    bare = args.steps * args.micro_batch * args.accumulation * args.seq_len / time_peer(args, "bare", model,
-                                                                                           args.out / "rows.npy", ds_json)
-    rows.append(("bare deepspeed loop", f"{bare:,.0f} tok/s; Odyssey / bare = {tps / bare:.3f}"))
-    rows.append(("eval + token stats", seconds_in(log1, rf"eval @ step {timed_end} \(([\d.]+)s\)")))
-    rows.append(("checkpoint save", seconds_in(log1, r"checkpoint \S+ \(([\d.]+)s\)")))
-    return cfg
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def check_resume_and_export(args, cfg: dict, rows: list) -> None:
-    """Resume for the last 2 steps, then export to bf16 and load the export back."""
-    import numpy as np
-    import torch
-    import transformers
+def prepare(args) -> dict[str, str]:
+    """Fresh OUT files, the stages' settings in WORK/check.json; returns the stages' environment."""
+    (args.work / "logs").mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in ("rows.jsonl", "table.md", "stages.log"):
+        (args.out / name).write_text("")
+    keys = ("shape", "seq_len", "micro_batch", "accumulation", "warmup", "steps", "text_mb", "rounds", "variants",
+            "port")
+    (args.work / "check.json").write_text(json.dumps({**{k: getattr(args, k) for k in keys}, "work": str(args.work)}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_ALLOW_FILE_STORE": "true",  # mlflow-skinny: no SQL store
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(args.work / "torch_extensions"))  # built by "ops", reused by the rest
+    return env
 
-    timed_end = args.warmup + args.steps
-    log2 = run_odyssey(args, cfg, "--resume", "auto", "run.halt_at_step=null")
-    done = "finished" if f"done: {timed_end + 2} steps" in log2 else "DID NOT FINISH"
-    rows.append(("resume + 2 steps", f"{done}; load " + seconds_in(log2, r"loaded in ([\d.]+)s")))
+
+def run_stage(name: str, limit: float, args, env: dict[str, str]) -> dict:
+    """One stage as a process group of its own, killed whole at `limit`; its row from its ROW lines and exit."""
+    log = args.work / "logs" / f"{name}.log"
     t0 = time.time()
-    export_dir = args.out / "export"
-    subprocess.run([sys.executable, "-m", "odyssey", "export", str(args.runs / "main"), str(export_dir), "--dtype",
-                    "bf16", "--overwrite"], check=True, capture_output=True)
-    exported = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype="auto").to(
-        "cuda" if torch.cuda.is_available() else "cpu")
-    x = torch.from_numpy(np.load(args.out / "rows.npy")[:1]).to(exported.device)
-    with torch.no_grad():
-        loss = exported(input_ids=x, labels=x).loss.item()
-    rows.append(("export + from_pretrained", f"{time.time() - t0:.0f} s; loss of one sample {loss:.3f}"))
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "gpu_stages.py"), name, "--work", str(args.work)],
+                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            code = None
+        end_group(proc)
+    text = log.read_text(errors="replace")
+    metrics: dict = {}
+    for line in text.splitlines():
+        if line.startswith(ROW):
+            try:
+                metrics.update(json.loads(line[len(ROW):]))
+            except ValueError:  # a line cut by the kill
+                pass
+    so_far = metrics.pop("summary", "")
+    if code == 0:
+        status, summary = "ok", so_far or "done"
+    elif code is None:
+        status, summary = "timeout", f"killed at its {limit:.0f} s limit" + (f"; so far: {so_far}" if so_far else "")
+    else:
+        error = metrics.get("error") or last_line("\n".join(ln for ln in text.splitlines() if not ln.startswith(ROW)))
+        status, summary = "failed", error + (f"; {so_far}" if so_far else "")
+    keep_log_tail(name, status, log, args.out / "stages.log")
+    return {"stage": name, "status": status, "seconds": round(time.time() - t0, 1), **metrics, "summary": summary}
 
 
-def check_offload(args, model, domain, rows: list) -> None:
-    off = odyssey_config(args, model, domain, args.runs, "offload", run={"max_steps": 3},
-                         eval={"interval": 0, "max_samples": args.micro_batch, "token_stats": False},
-                         checkpoint={"save_final": False}, deepspeed={"config": "zero3_offload"},
-                         tracking={"experiment": "bench-offload", "uri": args.uri})
-    log3 = run_odyssey(args, off)
-    rate = re.findall(r"step 3/3 loss \S+ lr \S+ ([\d,]+) tok/s", log3)
-    rows.append(("zero3_offload, 3 steps", f"{rate[-1] if rate else '?'} tok/s at step 3"))
+def end_group(proc: subprocess.Popen) -> None:
+    """Stop the stage's process group: SIGTERM when it still runs (the launchers pass it on), SIGKILL after 10 s;
+    then SIGKILL whatever of the group outlived its leader."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def keep_log_tail(name: str, status: str, log: Path, dest: Path) -> None:
+    size = log.stat().st_size
+    with open(log, "rb") as f, open(dest, "ab") as out:
+        f.seek(max(0, size - LOG_TAIL_BYTES))
+        out.write(f"\n===== {name}: {status}, last {min(size, LOG_TAIL_BYTES):,} of {size:,} bytes\n".encode())
+        out.write(f.read())
+
+
+def table_line(row: dict) -> str:
+    return f"| {row['stage']} | {row['status']} | {row['seconds']:.0f} s | {row['summary']} |"
+
+
+HEADER = "| stage | status | time | result |\n|---|---|---|---|"
+
+
+def record(row: dict, rows: list[dict], args) -> None:
+    """The row, the moment its stage ends: to rows.jsonl, table.md and the console."""
+    rows.append(row)
+    with open(args.out / "rows.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    (args.out / "table.md").write_text("\n".join([HEADER, *map(table_line, rows)]) + "\n")
+    print(table_line(row), flush=True)
+
+
+def skip_reason(name: str, left: float, args, has_gpu: bool, rows: list[dict]) -> str | None:
+    if name not in args.selected:
+        return "skipped: not in --stages"
+    if STAGES[name].needs_gpu and not has_gpu:
+        return "skipped: no GPU"
+    if any(r["stage"] == "build" and r["status"] in ("failed", "timeout") for r in rows):
+        return "skipped: no model (the build stage did not succeed)"
+    if left < MIN_STAGE_S:
+        return f"skipped: {max(left, 0):.0f} s of the {args.budget_s:.0f} s budget left"
+    return None
 
 
 def main() -> int:
-    import deepspeed
     import torch
-    import transformers
-
-    from bench.workload import SHAPES, build
 
     args = parse_args()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    rows: list[tuple[str, str]] = [("device / stack", f"{device}; torch {torch.__version__}, transformers "
-                                                      f"{transformers.__version__}, deepspeed {deepspeed.__version__}")]
-    t0 = time.time()
-    model, domain = build(args.out / args.shape, SHAPES[args.shape], args.seq_len, text_mb=args.text_mb)
-    n_params, flops_token = model_flops(model, args.seq_len)
-    rows.append(("model, data", f"{n_params / 1e9:.3f}B-param Llama, seq {args.seq_len}, micro-batch "
-                                f"{args.micro_batch}, {args.dtype}; built + prepped in {time.time() - t0:.0f} s"))
-    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # the GPU node carries mlflow-skinny, without a SQL store
-    cfg = check_training(args, model, domain, flops_token, rows)
-    check_resume_and_export(args, cfg, rows)
-    check_offload(args, model, domain, rows)
-    width = max(len(k) for k, _ in rows)
-    print(f"\n| {'check':<{width}} | result |\n|{'-' * (width + 2)}|---|")
-    for k, v in rows:
-        print(f"| {k:<{width}} | {v} |")
-    return 0
+    env, rows, start = prepare(args), [], time.time()
+    has_gpu = torch.cuda.is_available()
+    print(f"gpu_check: {', '.join(args.selected)} within {args.budget_s:.0f} s; rows to {args.out / 'rows.jsonl'}, "
+          f"work in {args.work}\n{HEADER}", flush=True)
+    for name in STAGES:
+        left = args.budget_s - (time.time() - start)
+        skip = skip_reason(name, left, args, has_gpu, rows)
+        if skip:
+            record({"stage": name, "status": "skipped", "seconds": 0.0, "summary": skip}, rows, args)
+            continue
+        row = run_stage(name, min(args.limits[name], left), args, env)
+        record(row, rows, args)
+        if row["status"] != "ok":
+            tail = (args.work / "logs" / f"{name}.log").read_text(errors="replace").splitlines()[-TAIL_LINES:]
+            print(f"  {name}: last {len(tail)} lines of its log\n" + "\n".join("    " + ln for ln in tail), flush=True)
+    for buffer in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{args.port}_*"):
+        buffer.unlink(missing_ok=True)  # DeepSpeed's CPU comm op leaves 69 MB per rank and port (the bare loop's)
+    print(f"\ngpu_check: {time.time() - start:.0f} s\n{(args.out / 'table.md').read_text()}", flush=True)
+    return 1 if any(r["status"] in ("failed", "timeout") for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Odyssey's GPU device check: about 8 minutes on one H100 or H200, prints one table (bench/gpu_check.py says what).
+# Odyssey's GPU device check on one H100 or H200: stages in order of value within --budget-s (default 480 s), each row
+# printed and kept the moment its stage ends (bench/gpu_check.py says what).
 # On a node without DeepSpeed, mosaicml-streaming or mlflow (no network), first gather the wheels where pip works:
 #   bench/gpu_wheels.sh            # → .whl/ (≤ 64 MiB)
 # then, on the node, from the repo root:
-#   bench/gpu_check.sh [--shape tinyllama --seq-len 2048 --micro-batch 8 --steps 30 ...]
-# The log and the table land in $OUT (default /tmp/odyssey-gpu-check), or $OUT/gpu_check.log when OUT is set.
+#   bench/gpu_check.sh [--budget-s 480 --stages speed,7b --stage-limit 7b=420 --shape tinyllama --steps 30 ...]
+# rows.jsonl, table.md, stages.log (each stage's log tail) and gpu_check.log (this console) land in $OUT (default
+# /tmp/odyssey-gpu-check); models, shards, checkpoints and built ops stay in --work (default /tmp/odyssey-gpu-work).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,4 +21,4 @@ if ! "$PY" -c "import deepspeed, streaming, mlflow" 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PATH="$(dirname "$("$PY" -c 'import sys; print(sys.executable)')"):$SITE/bin:$PATH"
-"$PY" bench/gpu_check.py --out "$LOG_DIR/work" "$@" 2>&1 | tee "$LOG_DIR/gpu_check.log"
+"$PY" bench/gpu_check.py --out "$LOG_DIR" "$@" 2>&1 | tee "$LOG_DIR/gpu_check.log"

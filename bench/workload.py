@@ -24,6 +24,7 @@ class Shape:
 SHAPES = {
     "cpu": Shape(vocab=8192, hidden=384, layers=6, heads=6, kv_heads=6, intermediate=1024),
     "tinyllama": Shape(vocab=32000, hidden=2048, layers=22, heads=32, kv_heads=4, intermediate=5632),
+    "llama2-7b": Shape(vocab=32000, hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008),
 }
 
 

@@ -118,16 +118,21 @@ def cuda_header_dirs() -> list[str]:
     return sorted({d for r in roots for d in glob.glob(f"{r}/nvidia/*/include") + glob.glob(f"{r}/nvidia/cu*/include")})
 
 
-def fused_adam_builds() -> tuple[bool, str]:
-    """Whether DeepSpeed's FusedAdam op loads on this accelerator: prebuilt, or JIT-built (CUDA: with nvcc, about a
-    minute the first time; CPU: a C++ kernel in seconds), then cached in ~/.cache/torch_extensions. Returns (built,
-    why not: the first error line)."""
+def use_cuda_headers() -> None:
+    """Put cuda_header_dirs() on CPATH (gcc and nvcc both read it) before a JIT build of a DeepSpeed CUDA op."""
     import os
 
     if torch.cuda.is_available():
         extra = [d for d in cuda_header_dirs() if d not in os.environ.get("CPATH", "").split(os.pathsep)]
-        if extra:  # gcc and nvcc both read CPATH
+        if extra:
             os.environ["CPATH"] = os.pathsep.join(filter(None, [os.environ.get("CPATH"), *extra]))
+
+
+def fused_adam_builds() -> tuple[bool, str]:
+    """Whether DeepSpeed's FusedAdam op loads on this accelerator: prebuilt, or JIT-built (CUDA: with nvcc, about a
+    minute the first time; CPU: a C++ kernel in seconds), then cached in ~/.cache/torch_extensions. Returns (built,
+    why not: the first error line)."""
+    use_cuda_headers()
     try:
         from deepspeed.accelerator import get_accelerator
 
