@@ -64,7 +64,7 @@ def worker(args) -> None:
                             "run": {"out_dir": args.tmp, "max_steps": 1}})
     tok = load_tokenizer(cfg.model)
     domains, _ = check_domains(cfg, tokenizer_fingerprint(tok), dist)
-    engine, *_ = build_engine(cfg, fill_ds_config(cfg, world, 576), lambda: load_model(cfg.model), 1)
+    engine, *_ = build_engine(cfg, fill_ds_config(cfg, world), lambda: load_model(cfg.model), 1)
     sets = open_eval_sets(domains, "test")
     vocab = Vocab.from_tokenizer(tok) if rank == 0 else None
     base = evaluate(engine, sets, dist, args.micro_batch, args.samples, per_token=True)["code"]

@@ -34,7 +34,9 @@ SEVEN_B_RUN = {"seq_len": 2048, "micro_batch": 4, "accumulation": 1, "warmup": 2
 def variants(args) -> dict[str, dict]:
     """The Odyssey config variants the "variants" stage runs once each, in this order: name → dotted overrides of
     the speed stage's config. A key Odyssey does not have (yet) fails its variant with the config error in the row."""
-    twice = 2 * args.micro_batch
+    from bench.workload import SHAPES
+
+    twice, hidden = 2 * args.micro_batch, SHAPES[args.shape].hidden
     return {
         "baseline": {},
         "mb2": {"data.micro_batch": twice},
@@ -44,6 +46,10 @@ def variants(args) -> dict[str, dict]:
         "loss-plain": {"model.loss_impl": "plain"},  # the model's own loss, full logits (the default is chunked)
         "compile": {"model.compile": True},
         "stage-auto": {"deepspeed.stage": "auto"},
+        # the ZeRO-3 bucket sizes HF Trainer derives from the hidden size, against DeepSpeed's defaults (Odyssey's)
+        "hf-buckets": {"deepspeed.overrides": {"zero_optimization.reduce_bucket_size": hidden * hidden,
+                                               "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden**2),
+                                               "zero_optimization.stage3_param_persistence_threshold": 10 * hidden}},
     }
 
 

@@ -84,13 +84,12 @@ def odyssey_config(args, model: Path, domain: Path, out: Path, name: str, **sect
 def resolved_ds_config(cfg_path: Path, world: int, out: Path) -> Path:
     """The DeepSpeed JSON Odyssey resolves for this run; the peers get exactly this file."""
     import torch
-    from transformers import AutoConfig
 
     from trainer.config import load_config
     from trainer.engine import choose_optimizer, fill_ds_config
 
     cfg = load_config(cfg_path)
-    ds = fill_ds_config(cfg, world, AutoConfig.from_pretrained(cfg.model.path).hidden_size)
+    ds = fill_ds_config(cfg, world)
     print(f"DeepSpeed JSON for all contenders: {choose_optimizer(ds, torch.device('cuda', 0) if _cuda() else torch.device('cpu'))}")
     path = out / "ds_config.json"
     path.write_text(json.dumps(ds, indent=1))

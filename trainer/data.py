@@ -230,6 +230,9 @@ def loader_workers(configured: int | None, device: torch.device, local_world: in
     return max(1, min(4, cores - 1))
 
 
+ALL_AHEAD = 2**62  # samples: more than any epoch
+
+
 def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.device):
     """The mixed training stream. On a GPU, batches come from worker processes in pinned memory, so the copy to the
     device is asynchronous (`non_blocking=True` in the loop)."""
@@ -240,9 +243,14 @@ def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.de
         Stream(**domains[s.name].split("train"), proportion=s.proportion if mixed else None)
         for s in cfg.data.streams
     ]
+    # Shards that are all local need no download-ahead window: with one larger than any epoch (predownload; streaming
+    # turns None into 8 micro-batches) its prepare and ready threads walk the epoch's sample ids once and exit,
+    # instead of waking every 7 ms for the whole epoch to keep a window filled. In the training process itself (CPU: no loader workers) those wake-ups took ~9 % of
+    # the CPU time and the GIL from the step (docs/BENCHMARKS.md). Remote streams keep streaming's window.
+    all_local = all(domains[s.name].remote is None for s in cfg.data.streams)
     dataset = _dataset_class()(
         streams=streams, batch_size=cfg.data.micro_batch, shuffle=cfg.data.shuffle, shuffle_seed=cfg.run.seed,
-        replication=None,
+        replication=None, **({"predownload": ALL_AHEAD} if all_local else {}),
     )
     workers = loader_workers(cfg.data.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return StreamingDataLoader(dataset, batch_size=cfg.data.micro_batch, num_workers=workers, collate_fn=_collate,

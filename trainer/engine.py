@@ -61,8 +61,11 @@ def _fill(node: dict, key: str, value: Any, where: str, conflicts: list[str]) ->
         conflicts.append(f"{where}.{key}={current!r} (config says {value!r})")
 
 
-def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None) -> dict:
-    """Resolved DeepSpeed config for this run. Values set in both the JSON and the typed config must agree."""
+def fill_ds_config(cfg: Config, world_size: int) -> dict:
+    """Resolved DeepSpeed config for this run. Values set in both the JSON and the typed config must agree. ZeRO
+    fields left "auto" (bucket sizes, persistence threshold) take DeepSpeed's own defaults, on every accelerator: on
+    CPU (gloo) the hidden²-based sizes HF Trainer fills made no difference against them (docs/BENCHMARKS.md), and
+    on a GPU DeepSpeed's are what a bare loop gets (the device check's `hf-buckets` variant measures HF's there)."""
     path = resolve_ds_path(cfg.deepspeed.config)
     try:
         ds = json.loads(path.read_text())
@@ -88,12 +91,6 @@ def fill_ds_config(cfg: Config, world_size: int, hidden_size: int | None = None)
     if sched not in (None, {"type": "auto", "params": "auto"}):
         conflicts.append(f"scheduler={sched!r} (the schedule comes from optim.schedule/warmup_steps)")
     zero = ds.get("zero_optimization", {})
-    if hidden_size:
-        for key, value in (("reduce_bucket_size", hidden_size * hidden_size),
-                           ("stage3_prefetch_bucket_size", int(0.9 * hidden_size * hidden_size)),
-                           ("stage3_param_persistence_threshold", 10 * hidden_size)):
-            if zero.get(key) == "auto":
-                zero[key] = value
     for key in [k for k, v in zero.items() if v == "auto"]:
         zero.pop(key)  # DeepSpeed's own default
     if conflicts:

@@ -132,7 +132,7 @@ def plan(cfg: Config, world_size: int, gpus_per_node: int, seq_len: int, train_s
         raise ConfigError(f"--world-size {world_size} is not a multiple of --gpus-per-node {gpus_per_node}")
     total, largest = model_shape(cfg.model.path, cfg.model.trust_remote_code)
     config = model_config(cfg.model.path, cfg.model.trust_remote_code)
-    ds = fill_ds_config(cfg, world_size, getattr(config, "hidden_size", None))
+    ds = fill_ds_config(cfg, world_size)
     nodes = world_size // gpus_per_node
     device_memory, device = device_bytes(gpus_per_node)
     if device_gib:

@@ -8,6 +8,8 @@ A batch is {input_ids, labels, sample_ids}; labels are -100 where no loss is tak
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import random
@@ -41,6 +43,24 @@ from trainer.step_stats import StepStats
 from trainer.tracking import Tracker, params_for
 from trainer.eval_logger import EvalLogger
 from trainer.weight_delta import WeightDelta
+
+GC_EVERY = 50  # steps between collections of Python's young generations while training (torchtitan's gc_freq)
+
+
+@contextlib.contextmanager
+def gc_between_steps():
+    """Python's cyclic garbage collector off inside the loop, collected on a schedule instead: an automatic
+    collection may land in any step, and the older generations it scans hold everything torch, transformers,
+    DeepSpeed and MLflow created at import and set-up (frozen here once, so no collection scans them again)."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
 
 # torch 2.14 deprecates the collectives DeepSpeed 0.19 calls on every step; the warning says nothing to our users.
 warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
@@ -110,7 +130,7 @@ class Trainer:
 
         cfg = self.cfg
         self.hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        self.ds_config = fill_ds_config(cfg, self.dist.world, getattr(self.hf_config, "hidden_size", None))
+        self.ds_config = fill_ds_config(cfg, self.dist.world)
         self.stage_choice = self._choose_stage()
         self.optimizer_choice = choose_optimizer(self.ds_config, self.dist.device)
         self.loader = build_train_loader(cfg, self.domains, self.dist.device)
@@ -300,22 +320,31 @@ class Trainer:
     # --- the loop
     def fit(self) -> str | None:
         """Train to the last step (or run.halt_at_step, a signal, a bad-loss stop). Returns what stopped it early."""
-        cfg, state = self.cfg, self.state
-        if state.step == 0:
+        if self.state.step == 0:
             self.evaluate(0)  # the baseline: the base model before any update
         self.engine.train()
-        stop_at = min(self.max_steps, cfg.run.halt_at_step or self.max_steps)
-        last_save, stopped_by = state.step, None
+        stop_at = min(self.max_steps, self.cfg.run.halt_at_step or self.max_steps)
         self.meter.start_clock()
+        with gc_between_steps():
+            stopped_by, last_save = self._loop(stop_at)
+        self._finish(last_save, stopped_by)
+        return stopped_by
+
+    def _loop(self, stop_at: int) -> tuple[str | None, int]:
+        """The steps; returns (what stopped them early, the step last saved)."""
+        cfg, state = self.cfg, self.state
+        last_save = state.step
         while state.step < stop_at:
             loss, n_bad, stop, sample_ids = self.train_step()
             if n_bad or not self.engine.was_step_applied():  # DeepSpeed skipped the update: consumed, not trained on
                 stopped_by = self._skip_update(n_bad, sample_ids) or (self.stop_request.name if stop else None)
                 if stopped_by:
-                    break
+                    return stopped_by, last_save
                 continue
             self._count_update(loss, sample_ids)
             step = state.step
+            if step % GC_EVERY == 0:
+                gc.collect(1)
             if step % cfg.run.log_interval == 0 or step == stop_at:
                 self.log_step(loss)
             if step in self.evals_at:
@@ -324,10 +353,8 @@ class Trainer:
                 self.save(step)
                 last_save = step
             if stop and step < stop_at:
-                stopped_by = self.stop_request.name
-                break
-        self._finish(last_save, stopped_by)
-        return stopped_by
+                return self.stop_request.name, last_save
+        return None, last_save
 
     def _finish(self, last_save: int, stopped_by: str | None) -> None:
         """A checkpoint unless the last step was just saved (or the run finished with save_final off), the curves,
