@@ -13,6 +13,10 @@ sys.path.insert(0, str(ROOT))
 from tests import tiny  # noqa: E402
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# every job the tests start finds this Python's tools first, as in an activated venv (bench/gpu_check.sh puts them
+# first too): one `ninja` builds DeepSpeed's JIT ops for the whole suite, so the ops built once are reused by all
+# (a build by another ninja version is thrown away and rebuilt: minutes on 2 cores)
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 SEQ_LEN = 64
 
 

@@ -32,7 +32,7 @@ from trainer.args import rank_args, train_arguments
 from trainer.config import Config, ConfigError, load_config
 from trainer.data import Batches, build_train_loader, check_domains, model_inputs, open_eval_sets
 from trainer.dist import init_distributed
-from trainer.engine import build_engine, choose_optimizer, fill_ds_config, parameter_counts
+from trainer.engine import build_engine, choose_optimizer, fill_ds_config, parameter_counts, retrace_zero3
 from trainer.ledger import Ledger
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
@@ -294,6 +294,7 @@ class Trainer:
         assert step == self.state.step, "evaluate the step the run is at"
         self.eval_logger.evaluate_and_log(self.engine, self.state)
         self.engine.train()
+        retrace_zero3(self.engine)  # the next training step records ZeRO-3's fetch trace, not the eval's forwards
         self.meter.start_clock()  # eval time is not training time
 
     def save(self, step: int) -> None:

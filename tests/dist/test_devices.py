@@ -1,6 +1,7 @@
 """Device discipline on 2 real ZeRO-3 ranks: every tensor that the loop, the eval, the stop check and the save hand
 to a collective sits on the engine's device (NCCL takes device tensors only; gloo would take anything, so CPU runs alone
-would never notice). Recorded by a wrapper over torch.distributed installed from the test's side."""
+would never notice). Recorded by a wrapper over torch.distributed installed from the test's side. The same run shows
+that ZeRO-3 keeps each training forward's gathered parameters for its backward (trainer/engine.py: retrace_zero3)."""
 import json
 
 import pytest
@@ -23,8 +24,14 @@ tracking: {{experiment: test}}
 """)
     record = tmp_path / "collectives"
     record.mkdir()
-    r = run_wrapped(cfg, env={"TEST_RECORD_COLLECTIVES": str(record)})
+    r = run_wrapped(cfg, env={"TEST_RECORD_COLLECTIVES": str(record), "TEST_RECORD_GATHERED": str(record)})
     assert "done: 3 steps" in r.stdout
+    for rank in (0, 1):
+        # ZeRO-3 keeps what a training forward gathered for its backward (no second all-gather per parameter). The
+        # first micro-batch after each eval (steps 0 and 2) records the fetch trace anew and holds less
+        gathered = json.loads((record / f"gathered-rank{rank}.json").read_text())
+        assert len(gathered) == 3 * 2, gathered
+        assert [held == total for held, total in gathered] == [False, True, True, True, False, True], gathered
     for rank in (0, 1):
         seen = json.loads((record / f"rank{rank}.json").read_text())
         assert len(seen["engine_device"]) == 1

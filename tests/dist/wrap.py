@@ -4,6 +4,8 @@ test switches). Started by the deepspeed launcher: `deepspeed --num_gpus 2 --mod
   TEST_LOSS_FAULTS="3:nan,6:1000"  on the last rank, the Nth training forward's loss becomes NaN, or is multiplied
   TEST_RECORD_COLLECTIVES=DIR      every tensor that trainer/ code hands to a torch.distributed collective is recorded
                                    (call site, device), with the engine's device, in DIR/rank<R>.json at exit
+  TEST_RECORD_GATHERED=DIR         after every training forward, how many of the model's parameters ZeRO-3 still holds
+                                   gathered (and how many there are), in DIR/gathered-rank<R>.json at exit
   TEST_KILL_IN_SAVE=1              right after DeepSpeed wrote the shards of the first checkpoint this job saves
                                    (before COMPLETE), the last rank SIGKILLs its process group: start the job in a
                                    session of its own
@@ -151,11 +153,31 @@ def record_collectives(out_dir: str) -> None:
     atexit.register(dump)
 
 
+def record_gathered(out_dir: str) -> None:
+    import deepspeed.runtime.engine as ds_engine
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    original = ds_engine.DeepSpeedEngine.forward
+    counts: list[list[int]] = []
+
+    def forward(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        if self.module.training:
+            params = list(self.module.parameters())
+            counts.append([sum(p.ds_status == ZeroParamStatus.AVAILABLE for p in params), len(params)])
+        return out
+
+    ds_engine.DeepSpeedEngine.forward = forward
+    atexit.register(lambda: (Path(out_dir) / f"gathered-rank{os.environ['RANK']}.json").write_text(json.dumps(counts)))
+
+
 if __name__ == "__main__":
     if os.environ.get("TEST_LOSS_FAULTS"):
         inject_loss_faults(os.environ["TEST_LOSS_FAULTS"])
     if os.environ.get("TEST_RECORD_COLLECTIVES"):
         record_collectives(os.environ["TEST_RECORD_COLLECTIVES"])
+    if os.environ.get("TEST_RECORD_GATHERED"):
+        record_gathered(os.environ["TEST_RECORD_GATHERED"])
     if os.environ.get("TEST_KILL_IN_SAVE"):
         kill_in_save()
     if os.environ.get("TEST_NODE_LOCAL"):
