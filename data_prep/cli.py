@@ -21,7 +21,7 @@ from pydantic import Field
 
 from data_prep import console
 from data_prep.config import ConfigError, Section, read_yaml, validate
-from data_prep.text_files import BOUNDARIES
+from data_prep.text_files import BOUNDARIES, MAX_BAD_BYTES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -46,6 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--revision", help="hf:// hub datasets: the branch, tag or commit to read (recorded in the manifest)")
     p.add_argument("--min-chars", type=int, default=1, help="skip documents shorter than this (after strip)")
     p.add_argument("--dedup", action="store_true", help="drop exact duplicate documents")
+    p.add_argument("--max-bad-bytes", type=float, default=MAX_BAD_BYTES, metavar="SHARE",
+                   help="text files and archives: skip a file as binary (counted) when more than this share of its "
+                        "bytes are not UTF-8, or has a NUL byte in its first 8 KiB; below it, bad bytes become U+FFFD "
+                        f"(default {MAX_BAD_BYTES})")
     p.add_argument("--val", type=float, default=0.05, help="fraction of documents for validation")
     p.add_argument("--test", type=float, default=0.05, help="fraction of documents for test")
     p.add_argument("--compression", default="zstd", help="MDS compression ('none' to disable)")
@@ -67,13 +71,17 @@ def prep_options(spec: dict, quiet: bool):
         raise PrepError(str(err)) from None
     compression = spec.get("compression", "zstd")
     workers = spec.get("workers")
+    max_bad_bytes = spec.get("max_bad_bytes", MAX_BAD_BYTES)
+    if not 0 <= max_bad_bytes <= 1:
+        raise PrepError(f"max_bad_bytes is a share of a file's bytes, from 0 to 1; got {max_bad_bytes}")
     return PrepOptions(fractions=fractions, text_field=spec.get("text_field", "text"),
                        min_chars=spec.get("min_chars", 1), dedup=bool(spec.get("dedup", False)),
                        compression=None if compression in (None, "none") else compression,
                        size_limit=str(spec.get("size_limit", "64mb")),
                        workers=default_workers() if workers is None else workers,
                        overwrite=bool(spec.get("overwrite", False)), progress=not quiet,
-                       boundary=spec.get("doc_boundary", "file"), revision=spec.get("revision"))
+                       boundary=spec.get("doc_boundary", "file"), revision=spec.get("revision"),
+                       max_bad_bytes=max_bad_bytes)
 
 
 class SourceKeys(Section):
@@ -83,6 +91,7 @@ class SourceKeys(Section):
     revision: str | None = None
     min_chars: int | None = Field(default=None, ge=0)
     dedup: bool | None = None
+    max_bad_bytes: float | None = Field(default=None, ge=0, le=1)
     val: float | None = Field(default=None, ge=0, lt=1)
     test: float | None = Field(default=None, ge=0, lt=1)
 
@@ -163,7 +172,7 @@ def _prep_tasks(args: argparse.Namespace) -> int:
 
 
 def run_prep(args: argparse.Namespace) -> int:
-    from data_prep.prepare import PrepError, prepare_domain
+    from data_prep.prepare import PrepError, prepare_domain, skip_summary
 
     if args.validate:
         return _validate(args.validate, args.tokenizer)
@@ -180,12 +189,13 @@ def run_prep(args: argparse.Namespace) -> int:
                   "seq_len": args.seq_len, "text_field": args.text_field, "min_chars": args.min_chars,
                   "dedup": args.dedup, "val": args.val, "test": args.test, "compression": args.compression,
                   "size_limit": args.size_limit, "workers": args.workers, "overwrite": args.overwrite,
-                  "doc_boundary": args.doc_boundary, "revision": args.revision}]
+                  "doc_boundary": args.doc_boundary, "revision": args.revision,
+                  "max_bad_bytes": args.max_bad_bytes}]
     for spec in specs:
         m = prepare_domain(spec["source"], spec["out"], spec["name"], str(spec["tokenizer"]), int(spec["seq_len"]),
                            prep_options(spec, args.quiet))
         summary = {s: {k: v for k, v in st.items() if k in ("docs", "samples", "tokens")}
                    for s, st in m["splits"].items()}
         console.out(f"prepared domain '{m['domain']}' in {spec['out']}/{m['domain']} ({m['seconds']}s, "
-                    f"{m['tokens_per_s']:,} tok/s): {json.dumps(summary)}")
+                    f"{m['tokens_per_s']:,} tok/s): {json.dumps(summary)}; {skip_summary(m['source'])}")
     return 0

@@ -1,9 +1,9 @@
 """One domain source → packed MDS shards per split + manifest.
 
-Documents stream from the source through filters (empty/short, exact duplicates) to worker processes that tokenize,
-then back, in order, to the packers and MDS writers: memory stays flat in corpus size. Output is written to a temp
-folder and renamed into place (local) or uploaded with the manifest last (remote), so a failed or interrupted prep
-leaves the previous output untouched and no half-written domain behind.
+Documents stream from the source through filters (binary text files, empty/short, exact duplicates) to worker
+processes that tokenize, then back, in order, to the packers and MDS writers: memory stays flat in corpus size.
+Output is written to a temp folder and renamed into place (local) or uploaded with the manifest last (remote), so a
+failed or interrupted prep leaves the previous output untouched and no half-written domain behind.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from data_prep.manifest import FORMAT_VERSION, MANIFEST, tokenizer_fingerprint, 
 from data_prep.pack import SPLITS, Packer, SplitFractions, split_of, text_digest
 from data_prep.shards import SplitWriters
 from data_prep.sources import HF_PREFIX, SourceError, hf_spec, iter_docs, sha256_file, source_files, source_kind
+from data_prep.text_files import MAX_BAD_BYTES, SNIFF_BYTES
 from data_prep.tokenize import batches, document_bos, encode_all, load_tokenizer
 from data_prep.errors import OdysseyError
 
@@ -47,6 +48,7 @@ class PrepOptions:
     progress: bool = True
     boundary: str = "file"  # text files: one document per file, per line, or per blank-line block (text_files.py)
     revision: str | None = None  # hf:// hub datasets: a branch, tag or commit
+    max_bad_bytes: float = MAX_BAD_BYTES  # text files: share of non-UTF-8 bytes above which one is skipped as binary
 
 
 def prepare_domain(source: str | Path, out_dir: str | Path, domain: str, tokenizer_path: str, seq_len: int,
@@ -98,6 +100,7 @@ class SourceStats:
     docs_kept: int = 0
     skipped_short: int = 0
     skipped_duplicate: int = 0
+    skipped_binary: int = 0  # text files skipped as binary (a NUL byte, or too many bad bytes): files, not documents
     non_utf8_docs: int = 0  # kept, with invalid bytes replaced by U+FFFD
     own_split_docs: int = 0  # kept documents whose split the source named (then no document is split by hash)
 
@@ -105,7 +108,10 @@ class SourceStats:
 def _filtered(source, opts: PrepOptions, stats: SourceStats):
     """(text, split) for each document that passes the filters."""
     seen: set[bytes] = set()
-    for doc in iter_docs(source, opts.text_field, opts.boundary, opts.revision):
+    for doc in iter_docs(source, opts.text_field, opts.boundary, opts.revision, opts.max_bad_bytes):
+        if doc.binary:
+            stats.skipped_binary += 1
+            continue
         stats.docs_read += 1
         stats.non_utf8_docs += doc.bad_bytes
         if len(doc.text) < opts.min_chars or len(doc.text.strip()) < opts.min_chars:
@@ -127,9 +133,9 @@ def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: 
     stats = SourceStats()
     started = time.time()
     n_tokens, tokenizer_json = 0, tokenizer.backend_tokenizer.to_str()
-    bar = tqdm(desc=f"prep {domain}", unit="doc", disable=not opts.progress, mininterval=1.0)
     work = batches(_filtered(source, opts, stats))
-    with SplitWriters(tmp, SPLITS, seq_len, compression=opts.compression, size_limit=opts.size_limit) as writers:
+    with tqdm(desc=f"prep {domain}", unit="doc", disable=not opts.progress, mininterval=1.0) as bar, \
+            SplitWriters(tmp, SPLITS, seq_len, compression=opts.compression, size_limit=opts.size_limit) as writers:
         for encoded in encode_all(work, tokenizer_json, tokenizer.eos_token_id, opts.workers, document_bos(tokenizer)):
             for split, (ids, n_docs) in encoded.items():
                 for row in packers[split].add(ids, n_docs):
@@ -140,7 +146,6 @@ def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: 
             bar.set_postfix_str(f"{n_tokens / elapsed:,.0f} tok/s", refresh=False)
         for p in packers.values():
             p.finish()
-    bar.close()
     split_stats = {s: asdict(p.stats) for s, p in packers.items()}
     _check_splits(domain, source, seq_len, opts, stats, split_stats)
     seconds = time.time() - started
@@ -150,10 +155,13 @@ def _write(source, kind, tmp: Path, domain: str, tokenizer, seq_len: int, opts: 
 def _check_splits(domain: str, source, seq_len: int, opts: PrepOptions, stats: SourceStats, split_stats: dict) -> None:
     """Every split that should have data has at least one full sample: train always; val/test where their fraction
     is above 0, or, for a source with its own splits, where the source put documents."""
+    if stats.docs_kept == 0 and stats.docs_read == 0 and stats.skipped_binary:
+        raise PrepError(f"domain '{domain}': every file of source {source} is binary ({stats.skipped_binary} skipped: "
+                        f"a NUL byte in the first {SNIFF_BYTES // 1024} KiB, or over {opts.max_bad_bytes:.0%} of "
+                        f"bytes not UTF-8; max_bad_bytes (--max-bad-bytes) sets that share)")
     if stats.docs_kept == 0:
         raise PrepError(f"domain '{domain}': source {source} holds no non-empty documents "
-                        f"({stats.docs_read} read, {stats.skipped_short} shorter than {opts.min_chars} chars, "
-                        f"{stats.skipped_duplicate} duplicates)")
+                        f"({skip_summary({**asdict(stats), 'min_chars': opts.min_chars})})")
     if stats.own_split_docs:
         wanted = {split: split == "train" or st["docs"] > 0 for split, st in split_stats.items()}
     else:
@@ -187,6 +195,7 @@ def _manifest(source, kind: str, domain: str, tokenizer, seq_len: int, opts: Pre
             **asdict(stats),
             "min_chars": opts.min_chars,
             "dedup": opts.dedup,
+            "max_bad_bytes": opts.max_bad_bytes if kind in ("text_dir", "archive") else None,
             "files": [
                 {"path": _rel(f, source), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
                 for f in source_files(source)
@@ -199,6 +208,15 @@ def _manifest(source, kind: str, domain: str, tokenizer, seq_len: int, opts: Pre
     }
     write_manifest(tmp, manifest)
     return manifest
+
+
+def skip_summary(counts: dict) -> str:
+    """Every document or file prep left out or altered, from the manifest's `source` counts: the one wording of the
+    summary line `odyssey prep` prints and of the error for a source with nothing left."""
+    return (f"kept {counts['docs_kept']} of {counts['docs_read']} documents; skipped {counts['skipped_short']} "
+            f"shorter than {counts['min_chars']} chars, {counts['skipped_duplicate']} duplicates, "
+            f"{counts['skipped_binary']} binary files; {counts['non_utf8_docs']} documents with non-UTF-8 bytes "
+            f"replaced by U+FFFD")
 
 
 def _rel(f: Path, source) -> str:

@@ -11,7 +11,8 @@ Kinds, told apart by the path:
 Each source yields `Doc(key, text, bad_bytes, split)`; `key` is stable across runs. `split` is the source's own split
 (train/val/test) where it brings one: text files named after a split, a HF dataset with train and validation/test
 splits; else None, and prep splits by document hash. Bytes that are not UTF-8 are replaced (U+FFFD) and the document
-is flagged, so prep can count them; they never crash a run.
+is flagged, so prep can count them; they never crash a run. A text file that is mostly not text (a NUL byte, or too
+many bad bytes: text_files.decode_file) yields one `Doc(binary=True)` with no text, for prep to count and skip.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Iterator
 
 from data_prep import text_files
 from data_prep.errors import OdysseyError
-from data_prep.text_files import decode
+from data_prep.text_files import MAX_BAD_BYTES, decode, decode_file
 
 HF_PREFIX = "hf://"
 HF_SPLITS = {"train": "train", "validation": "val", "valid": "val", "dev": "val", "test": "test"}
@@ -41,6 +42,7 @@ class Doc:
     text: str
     bad_bytes: bool = False
     split: str | None = None  # the source's own split (train/val/test), or None: prep splits by hash
+    binary: bool = False  # a text source's file skipped as binary: no text, counted by prep, never tokenized
 
 
 def _is_hf_dataset(path: Path) -> bool:
@@ -188,10 +190,16 @@ def load_hf(spec: str, revision: str | None):
     """(datasets.load_dataset(...) streaming, the split named by @SPLIT or None); one line when it cannot load."""
     import datasets
 
+    from data_prep import hub
+
     name, config, split = hf_spec(spec)
+    hub.require_dataset(name, spec, revision)  # a hub it cannot reach: one line at once, not minutes of retries
     try:
         return datasets.load_dataset(name, config, split=split, streaming=True, revision=revision), split
     except Exception as err:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ConnectionError)
+        off = hub.offline("dataset")
+        if off and isinstance(err, ConnectionError) and hub.is_hub_name(name):  # offline, and not in its cache
+            raise hub.unavailable(name, spec, "dataset", off) from None
         raise SourceError(f"{spec}: load_dataset failed ({type(err).__name__}: {str(err).splitlines()[0][:200]})") \
             from None
 
@@ -209,18 +217,23 @@ def _hf_load(spec: str, text_field: str, revision: str | None) -> Iterator[Doc]:
         yield from _hf_rows(ds[part], text_field, spec, mapped)
 
 
-def _text_docs(names: list[str], files, boundary: str) -> Iterator[Doc]:
+def _text_docs(names: list[str], files, boundary: str, max_bad_bytes: float) -> Iterator[Doc]:
     """Documents of (name, bytes) files, in the split each file names when all of them name one."""
     splits = text_files.own_splits(names) or {}
     for name, raw in files:
-        text, bad = decode(raw)
+        decoded = decode_file(raw, max_bad_bytes)
+        if decoded is None:
+            yield Doc(name, "", True, splits.get(name), binary=True)
+            continue
+        text, bad = decoded
         for i, doc in enumerate(text_files.documents(text, boundary)):
             yield Doc(name if boundary == "file" else f"{name}:{i}", doc, bad, splits.get(name))
 
 
 def iter_docs(source: str | Path, text_field: str = "text", boundary: str = "file",
-              revision: str | None = None) -> Iterator[Doc]:
-    """Every document of a source. `boundary` cuts text files (file, line, blank_line); `revision` pins a hub dataset."""
+              revision: str | None = None, max_bad_bytes: float = MAX_BAD_BYTES) -> Iterator[Doc]:
+    """Every document of a source. `boundary` cuts text files (file, line, blank_line); `revision` pins a hub dataset;
+    `max_bad_bytes` is the share of non-UTF-8 bytes above which a text file is binary (text_files.decode_file)."""
     kind = source_kind(source)
     if kind == "hf_load":
         yield from _hf_load(str(source), text_field, revision)
@@ -228,10 +241,10 @@ def iter_docs(source: str | Path, text_field: str = "text", boundary: str = "fil
     path = Path(source)
     if kind == "text_dir":
         names = text_files.folder_names(path)
-        yield from _text_docs(names, text_files.folder_files(path, names), boundary)
+        yield from _text_docs(names, text_files.folder_files(path, names), boundary, max_bad_bytes)
     elif kind == "archive":
         names = text_files.archive_names(path)  # one pass over a compressed tar for the names, one for the files
-        yield from _text_docs(names, text_files.archive_files(path, names), boundary)
+        yield from _text_docs(names, text_files.archive_files(path, names), boundary, max_bad_bytes)
     elif kind == "jsonl":
         yield from _jsonl(path, text_field)
     elif kind == "parquet":

@@ -7,7 +7,6 @@ tokenizer as its JSON (`tokenizers.Tokenizer.from_str`), which loads in millisec
 from __future__ import annotations
 
 import multiprocessing as mp
-import re
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -18,6 +17,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from data_prep import hub
 from data_prep.config import ConfigError
 from data_prep.errors import OdysseyError
 
@@ -106,23 +106,22 @@ def encode_all(work: Iterable[Batch], tokenizer_json: str, eos_id: int, workers:
                                 "load in it); nothing was written") from None
 
 
-HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")
-
-
-def check_model_path(path: str, what: str) -> str:
-    """`path` when it can name a model: an existing local folder, or a hub name `org/model` (loadable where the
-    machine is online); else one line naming the setting `what` (e.g. model.path)."""
-    if not Path(path).exists() and not HUB_NAME.fullmatch(path):
+def check_model_path(path: str, what: str, need: str = "model") -> str:
+    """`path` when it can name a model: an existing local folder, or a hub name `org/model` that is in the local
+    cache or on a reachable hub (data_prep/hub.py); else one line naming the setting `what` (e.g. model.path).
+    `need`: what is loaded from it (config, tokenizer, model: the weights)."""
+    if not Path(path).exists() and not hub.is_hub_name(path):
         raise ConfigError(f"{what} not found: {path} (a local model folder, or a hub name like org/model)")
+    hub.require(path, what, need)
     return path
 
 
 def load_tokenizer(path: str, what: str = "tokenizer", trust_remote_code: bool = False):
-    """The fast tokenizer at `path` (a local folder, or a hub name `org/model` where the machine is online), with the
+    """The fast tokenizer at `path` (a local folder, or a hub name `org/model` that is cached or fetchable), with the
     EOS token that packing puts between documents. `what` names the setting in the error (e.g. model.path)."""
     from transformers import AutoTokenizer
 
-    path = check_model_path(str(path), what)
+    path = check_model_path(str(path), what, "tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:  # offline hub name, missing files, gated repo, not a tokenizer

@@ -1,7 +1,8 @@
 """Check a prepared domain against its own index and manifest.
 
-cheap (every training start): manifest, each split's index.json, every shard file present with the recorded size,
-    seq_len, sample counts, and (given a tokenizer) the vocabulary hash.
+cheap (every training start, once per node): manifest, each split's index.json, every shard file present with the
+    recorded size, seq_len, sample counts, (given a tokenizer) the vocabulary hash, and (data.verify_hashes) the
+    xxh64 of every file training reads: a shard's decompressed copy where streaming made one, else the shard.
 deep (`odyssey prep --validate`): also every shard file's recorded hashes, and every token id within the vocabulary.
 
 Problems are one line each and name the file, e.g. `prose/test/shard.00000.mds.zstd: 1200 bytes, index says 3522`.
@@ -9,11 +10,13 @@ Problems are one line each and name the file, e.g. `prose/test/shard.00000.mds.z
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.console import log
 from data_prep.manifest import ManifestError, check_tokenizer, read_manifest
 from data_prep.pack import SPLITS
 from data_prep.shards import INPUT_IDS, TOKENS
@@ -21,15 +24,6 @@ from data_prep.shards import INPUT_IDS, TOKENS
 
 class ValidationError(ManifestError):
     """A prepared domain whose files disagree with its index or manifest."""
-
-
-def _shard_files(shard: dict) -> list[dict]:
-    """The files that carry a shard: the compressed one if any, and the raw one (always, if uncompressed)."""
-    files = []
-    if shard.get("zip_data"):
-        files.append(shard["zip_data"])
-    files.append(shard["raw_data"])
-    return files
 
 
 def _check_file(path: Path, info: dict, name: str, hashes: bool, all_algos: bool, required: bool) -> list[str]:
@@ -51,6 +45,50 @@ def _check_file(path: Path, info: dict, name: str, hashes: bool, all_algos: bool
                 problems.append(f"{name}: {algo} does not match the index (corrupt)")
                 break
     return problems
+
+
+def _check_shard(split_dir: Path, shard: dict, where: str, hashes: bool, deep: bool, rederive: bool) -> list[str]:
+    """One shard's files. Training reads the raw file: the shard itself, or for a compressed shard the copy streaming
+    decompressed beside it on first use (then the compressed file is not read again). So the fast check hashes the
+    raw file where it exists and the compressed one where it does not; deep checks every file with every algorithm.
+    A decompressed copy that fails (bits flipped in a cache, a torn write) is a problem, or with `rederive` is
+    rebuilt from the compressed file once that passes its own check: what streaming would have written."""
+    raw, zipped = shard["raw_data"], shard.get("zip_data")
+    if not zipped:
+        return _check_file(split_dir / raw["basename"], raw, f"{where}/{raw['basename']}", hashes, deep, True)
+    zip_name = f"{where}/{zipped['basename']}"
+    raw_path = split_dir / raw["basename"]
+    if not raw_path.is_file():
+        return _check_file(split_dir / zipped["basename"], zipped, zip_name, hashes, deep, True)
+    raw_bad = _check_file(raw_path, raw, f"{where}/{raw['basename']}", hashes, deep, True)
+    if deep or (raw_bad and not rederive):
+        zip_bad = _check_file(split_dir / zipped["basename"], zipped, zip_name, hashes or deep, deep, True)
+        hint = [f"{raw_bad[0]}: a decompressed copy; delete it and streaming decompresses {zipped['basename']} "
+                "again"] if raw_bad and not zip_bad else raw_bad
+        return zip_bad + hint
+    if not raw_bad:
+        return []
+    zip_bad = _check_file(split_dir / zipped["basename"], zipped, zip_name, True, False, True)
+    if zip_bad:
+        return zip_bad
+    _rederive(split_dir, shard)
+    log(f"{raw_bad[0]}: rebuilt from {zipped['basename']}, which matches the index", every_rank=True)
+    return []
+
+
+def _rederive(split_dir: Path, shard: dict) -> None:
+    """Decompress the shard's verified compressed file over its raw copy: written beside it, then renamed over it,
+    so a job that has the old copy open keeps reading the file it opened."""
+    from streaming.base.compression import decompress
+
+    data = decompress(shard["compression"], (split_dir / shard["zip_data"]["basename"]).read_bytes())
+    raw = split_dir / shard["raw_data"]["basename"]
+    tmp = raw.with_name(f".{raw.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, raw)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _token_range(split_dir: Path, shard: dict, vocab_size: int, name: str) -> list[str]:
@@ -77,9 +115,10 @@ def _token_range(split_dir: Path, shard: dict, vocab_size: int, name: str) -> li
 
 
 def validate_domain(domain_dir: str | Path, deep: bool = False, fingerprint: dict | None = None,
-                    label: str | None = None, splits: tuple[str, ...] = SPLITS, file_hashes: bool | None = None
-                    ) -> list[str]:
-    """All problems found, one line each (empty: the domain is sound). `fingerprint`: the tokenizer's, to compare."""
+                    label: str | None = None, splits: tuple[str, ...] = SPLITS, file_hashes: bool | None = None,
+                    rederive: bool = False) -> list[str]:
+    """All problems found, one line each (empty: the domain is sound). `fingerprint`: the tokenizer's, to compare.
+    `rederive`: a decompressed copy that fails its check is rebuilt from its verified compressed shard (_check_shard)."""
     domain_dir = Path(domain_dir)
     label = label or domain_dir.name
     file_hashes = deep if file_hashes is None else file_hashes
@@ -113,25 +152,21 @@ def validate_domain(domain_dir: str | Path, deep: bool = False, fingerprint: dic
             if enc is not None and int(enc.rsplit(":", 1)[1]) != seq_len:
                 problems.append(f"{label}/{split}/{shard['raw_data']['basename']}: rows of {enc}, "
                                 f"manifest seq_len is {seq_len}")
-            files = _shard_files(shard)
-            shard_problems = []
-            for i, info in enumerate(files):
-                name = f"{label}/{split}/{info['basename']}"
-                # the raw file of a compressed shard appears only once streaming has decompressed it
-                shard_problems += _check_file(split_dir / info["basename"], info, name, file_hashes and (i == 0 or deep),
-                                              all_algos=deep, required=i == 0)
+            shard_problems = _check_shard(split_dir, shard, f"{label}/{split}", file_hashes, deep, rederive)
             problems += shard_problems
             if deep and not shard_problems:
-                problems += _token_range(split_dir, shard, vocab, f"{label}/{split}/{files[0]['basename']}")
+                first = (shard.get("zip_data") or shard["raw_data"])["basename"]
+                problems += _token_range(split_dir, shard, vocab, f"{label}/{split}/{first}")
     return problems
 
 
 def require_valid(domain_dir: str | Path, fingerprint: dict | None = None, label: str | None = None,
                   splits: tuple[str, ...] = SPLITS, hashes: bool = True) -> None:
     """Start-up validation; raises ValidationError with the first problem (and how many more). `hashes` checks each
-    shard file against its index hash with the fastest algorithm recorded (xxh64: IO-bound), never token ids."""
+    file training reads against its index hash with the fastest algorithm recorded (xxh64: IO-bound), never token
+    ids; a corrupt decompressed copy is rebuilt from its verified compressed shard."""
     problems = validate_domain(domain_dir, deep=False, fingerprint=fingerprint, label=label, splits=splits,
-                               file_hashes=hashes)
+                               file_hashes=hashes, rederive=True)
     if problems:
         more = f" (and {len(problems) - 1} more; run odyssey prep --validate {domain_dir})" if len(problems) > 1 else ""
         raise ValidationError(problems[0] + more)

@@ -95,7 +95,7 @@ def cmd_task_study(args: argparse.Namespace, study) -> int:
 def dry_run(args: argparse.Namespace) -> int:
     from data_prep.config import ConfigError
     from study.config import load_study
-    from study.plan import DEFAULT_MFU, H100_BF16_TFLOPS, print_study_plan, study_plan
+    from study.plan import DEFAULT_MFU, H100_BF16_TFLOPS, check_resolved, print_study_plan, study_plan
 
     study = load_study(args.study)
     world = args.world_size or study.nproc
@@ -104,7 +104,9 @@ def dry_run(args: argparse.Namespace) -> int:
     if world < 1 or gpus < 1 or world % gpus or peak <= 0 or not 0 < mfu <= 1:
         raise ConfigError("--dry-run needs world size a multiple of --gpus-per-node, --peak-tflops > 0 and "
                           "0 < --mfu <= 1")
-    print_study_plan(study, study_plan(study, world, gpus, peak, mfu), world, gpus, peak, mfu)
+    plans = study_plan(study, world, gpus, peak, mfu)
+    print_study_plan(study, plans, world, gpus, peak, mfu)
+    check_resolved(plans)  # a model named on the hub that this machine cannot get: its rows above, then one line
     return 0
 
 

@@ -5,13 +5,15 @@ filled DeepSpeed JSON, DeepSpeed's memory estimator): parameters, tokens per ste
 GPU-hours per billion training tokens at an assumed peak and MFU. Per run: training tokens and steps from the run's
 own step count (trainer.plan.total_steps) over the prepared domain, and its GPU-hours. A domain given as a raw source
 has no token count until the setup has prepared it: run `--setup` (it prepares and measures, no training), then
-`--dry-run` again. Evals come on top of the training GPU-hours shown.
+`--dry-run` again. Evals come on top of the training GPU-hours shown. A model or tokenizer named on the hub that this
+machine cannot get (offline, not in the cache: data_prep/hub.py) is a row of unknowns with the reason; the plan of
+the others is printed, then the command fails with that one line (exit 2).
 """
 from __future__ import annotations
 
 import math
 
-from data_prep import console
+from data_prep import console, hub
 from data_prep.errors import OdysseyError
 from data_prep.manifest import tokenizer_fingerprint
 from study.config import StudyCfg, StudyModel
@@ -25,15 +27,22 @@ DEFAULT_MFU = 0.40  # llm-foundry MPT-1B 41.8 %, OLMo-core 1B 39-41 % on H100s
 
 
 def model_plan(study: StudyCfg, model: StudyModel, world: int, gpus_per_node: int, seconds_per_token) -> dict:
-    """The trainer's plan for one model (its first domain's run config) and each of its runs."""
+    """The trainer's plan for one model (its first domain's run config) and each of its runs. A model or tokenizer
+    named on the hub that this machine cannot get is kept as `hub_error`: the plan shows it, then the command fails."""
     from transformers import AutoConfig
 
     from trainer.meter import flops_per_token
 
     try:
+        hub.require(model.path, f"model '{model.name}' path", "config")
+    except hub.HubError as err:  # no config.json: nothing of this model can be planned
+        return unresolved_plan(study, model, err)
+    hub_error = None
+    try:
         fp = tokenizer_fingerprint(model_tokenizer(model))
-    except OdysseyError as err:  # e.g. a hub name on an offline login node: the data side stays unknown
-        fp, why = None, str(err)
+    except OdysseyError as err:  # e.g. a tokenizer folder without its files: the data side stays unknown
+        hub_error = err if isinstance(err, hub.HubError) else None
+        fp, why = None, hub_error.short if hub_error else str(err)
     else:
         why = "not prepared yet: run --setup, then --dry-run again"
     paths = planned_paths(study, model, fp)
@@ -57,7 +66,22 @@ def model_plan(study: StudyCfg, model: StudyModel, world: int, gpus_per_node: in
                      "gpu_hours": tokens * per_token / 3600 if tokens else None, "why": why})
     return {"model": model.name, "path": model.path, "params": p["params"], "seq_len": seq_len,
             "tokens_per_step": p["tokens_per_step"], "memory": p["memory"],
-            "gpu_hours_per_btok": 1e9 * per_token / 3600, "runs": runs}
+            "gpu_hours_per_btok": 1e9 * per_token / 3600, "runs": runs, "hub_error": hub_error}
+
+
+def unresolved_plan(study: StudyCfg, model: StudyModel, hub_error: hub.HubError) -> dict:
+    """A model whose config cannot be had here: its rows are unknowns, and the reason is kept for the error line."""
+    runs = [{"run": study.run_key(model.name, d.name), "tokens": None, "steps": None, "gpu_hours": None,
+             "why": "the model is not available here (see its row above)"} for d in study.domains]
+    return {"model": model.name, "path": model.path, "params": None, "runs": runs, "hub_error": hub_error}
+
+
+def check_resolved(plans: list[dict]) -> None:
+    """Once the plan is printed: a hub name this machine cannot get fails the command, in one line (exit 2)."""
+    failed = [p["hub_error"] for p in plans if p["hub_error"]]
+    if failed:
+        more = f" (and {len(failed) - 1} more model(s): see the plan above)" if len(failed) > 1 else ""
+        raise hub.HubError(f"{failed[0]}{more}")
 
 
 def study_plan(study: StudyCfg, world: int, gpus_per_node: int, peak_tflops: float, mfu: float) -> list[dict]:
@@ -81,6 +105,9 @@ def print_study_plan(study: StudyCfg, plans: list[dict], world: int, gpus_per_no
     console.out(f"\n{'model':<16} {'parameters':>14} {'seq_len':>7} {'tokens/step':>12} {'model states/device':>20} "
                 f"{'GPU-h per 1B tokens':>20}")
     for p in plans:
+        if p["params"] is None:
+            console.out(f"{p['model']:<16} {'?':>14} {'?':>7} {'?':>12} {'?':>20} {'?':>20}  {p['hub_error'].short}")
+            continue
         m = p["memory"]
         mem = f"{m['gpu_bytes'] / GIB:.1f} GiB (ZeRO-{m['stage']})"
         console.out(f"{p['model']:<16} {p['params']:>14,} {p['seq_len']:>7} {p['tokens_per_step']:>12,} {mem:>20} "

@@ -12,11 +12,12 @@ import hashlib
 import json
 from pathlib import Path
 
+from data_prep import hub
 from data_prep.cli import prep_options
 from data_prep.console import log
 from data_prep.manifest import ManifestError, read_manifest, tokenizer_fingerprint
 from data_prep.prepare import prepare_domain
-from data_prep.sources import source_kind
+from data_prep.sources import hf_spec, source_kind
 from data_prep.tokenize import load_tokenizer
 from study.config import StudyCfg, StudyDomain, StudyModel
 
@@ -24,10 +25,11 @@ SPEC = "odyssey_study_prep.json"  # beside each prepared domain folder: what it 
 
 
 def check_sources(study: StudyCfg) -> None:
-    """Every raw source readable as a source (local ones present), before anything is prepared or tracked."""
+    """Every raw source readable as a source (local ones present, hub datasets reachable), before anything is
+    prepared or tracked."""
     for dom in study.domains + [m.reference for m in study.model_list]:
-        if dom.source is not None:
-            source_kind(dom.source)
+        if dom.source is not None and source_kind(dom.source) == "hf_load":
+            hub.require_dataset(hf_spec(dom.source)[0], dom.source, dom.revision or study.prep.revision)
 
 
 def fingerprint_key(fp: dict) -> str:

@@ -75,19 +75,22 @@ def add_task_matrix_parser(sub) -> None:
 
 
 def preflight(config: str, overrides: list[str], resume: str | None, world: int) -> None:
-    """Checks that need no model weights or process group: config, domains, tokenizer. Run before spawning ranks so
-    a typo gives one line instead of one per rank."""
+    """Checks that need no model weights or process group: config, domains, tokenizer, the model's limits (its
+    config.json) and the DeepSpeed JSON. Run before spawning ranks so a typo gives one line instead of one per rank."""
     from data_prep.manifest import tokenizer_fingerprint
     from trainer import checkpoint
     from trainer.config import load_config
     from trainer.data import check_domains
     from trainer.engine import fill_ds_config
     from trainer.model import load_tokenizer
+    from trainer.plan import check_model_limits, model_config
 
     cfg = load_config(config, overrides)
+    tokenizer = load_tokenizer(cfg.model)
     # sizes only: the ranks hash the shards (once per node, on the nodes that read them, before any weight loads)
-    check_domains(cfg, tokenizer_fingerprint(load_tokenizer(cfg.model)), hashes=False)
-    fill_ds_config(cfg, world_size=1)
+    _, seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer), hashes=False)
+    check_model_limits(cfg.model, model_config(cfg.model.path, cfg.model.trust_remote_code), seq_len, len(tokenizer))
+    fill_ds_config(cfg, world_size=world)  # DeepSpeed's own config model checks it (trainer/engine.py)
     checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, Dist(world=world), fast=True)  # the ranks hash
 
 
@@ -116,16 +119,18 @@ def dry_run(args: argparse.Namespace) -> int:
     from trainer.plan import plan, print_plan
 
     cfg = load_config(args.config, args.overrides)
-    seq_len, train_samples = cfg.data.seq_len, None
+    seq_len, train_samples, vocab = cfg.data.seq_len, None, None
     try:
         manifests = [read_manifest(s.path) for s in cfg.data.streams]
         seq_len = seq_len or manifests[0]["seq_len"]
         train_samples = sum(m["splits"]["train"]["samples"] for m in manifests)
+        vocab = manifests[0]["tokenizer"]["vocab_size"]  # the tokenizer the shards (and so the run) were made with
     except ManifestError as err:
         if seq_len is None:
             raise ConfigError(f"--dry-run needs data.seq_len or readable prepared domains ({err})") from None
     world = args.world_size or args.nproc or int(os.environ.get("WORLD_SIZE", "1"))
-    print_plan(cfg, plan(cfg, world, args.gpus_per_node or min(world, 8), seq_len, train_samples, args.device_gib))
+    print_plan(cfg, plan(cfg, world, args.gpus_per_node or min(world, 8), seq_len, train_samples, args.device_gib,
+                         vocab))
     return 0
 
 

@@ -6,16 +6,18 @@ already partitioned and no rank ever holds a full copy.
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.resources
 import json
 import math
+from collections.abc import KeysView
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from data_prep.config import set_dotted
-from trainer.config import Config, ConfigError
+from trainer.config import Config, ConfigError, flatten
 from trainer.model import resolve_dtype
 
 
@@ -101,7 +103,81 @@ def fill_ds_config(cfg: Config, world_size: int) -> dict:
         # a non-finite gradient must skip the step (the bad-loss policy relies on it); ZeRO-1/2 check it in bf16
         # only when asked (ZeRO-3 and fp32 always do)
         ds["bf16"].setdefault("check_grad_overflow", True)
+    check_ds_config(ds, cfg)
     return ds
+
+
+# Top-level keys deepspeed.initialize reads from the dict itself (deepspeed/__init__.py), beside DeepSpeedConfig's.
+INITIALIZE_KEYS = {"sequence_parallel_size", "data_parallel_size"}
+
+
+class KeysRead(dict):
+    """A dict that records every key looked up in it (get, [], `in`, `in .keys()`): handed to DeepSpeedConfig, the
+    keys it knows. Its copy.copy shares the record (a shallow copy of __dict__), as DeepSpeedConfig parses a copy."""
+
+    def __init__(self, tree: dict):
+        super().__init__(tree)
+        self.read: set = set()
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key):
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def keys(self):
+        return KeysView(self)  # membership through __contains__
+
+
+def check_ds_config(ds: dict, cfg: Config) -> None:
+    """The resolved JSON through DeepSpeed's own config parser, DeepSpeedConfig, with no process group (it then
+    counts one rank, so the world-size-dependent train_batch_size is left to fill_ds_config's checks): its pydantic
+    sections (zero_optimization, bf16, ...) refuse an unknown key or a bad value, here as one line naming it before
+    any rank or weight loads, not as a traceback from deepspeed.initialize. DeepSpeed ignores unknown top-level keys;
+    those are refused against the keys DeepSpeedConfig looks up while it parses, recorded (so the installed
+    DeepSpeed's own, not a list kept here)."""
+    from deepspeed.runtime.config import DeepSpeedConfig, DeepSpeedConfigError
+    from pydantic import ValidationError
+
+    def origin(key: str | None) -> str:
+        if key and any(key == k or key.startswith(f"{k}.") for k in cfg.deepspeed.overrides):
+            return "deepspeed.overrides"
+        with_overrides = " with deepspeed.overrides" if cfg.deepspeed.overrides and not key else ""
+        return f"deepspeed.config {cfg.deepspeed.config}{with_overrides}"
+
+    seen = KeysRead({k: v for k, v in ds.items() if k != "train_batch_size"})
+    try:
+        DeepSpeedConfig(seen)
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = dotted_key(ds, e["loc"])
+        if e["type"] == "extra_forbidden":
+            raise ConfigError(f"{origin(key)}: unknown DeepSpeed key '{key}'") from None
+        raise ConfigError(f"{origin(key)}: DeepSpeed key '{key}': {e['msg']} (got {e['input']!r:.100})") from None
+    except (DeepSpeedConfigError, AssertionError, ValueError, TypeError, KeyError) as err:
+        why = (str(err) or repr(err)).splitlines()[0].strip()
+        raise ConfigError(f"{origin(None)}: DeepSpeed refuses it: {why}") from None
+    unknown = sorted(set(ds) - seen.read - INITIALIZE_KEYS)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], seen.read | INITIALIZE_KEYS, n=1)
+        raise ConfigError(f"{origin(unknown[0])}: unknown DeepSpeed key '{unknown[0]}' (DeepSpeed would ignore it"
+                          + (f"; did you mean '{near[0]}'?)" if near else ")"))
+
+
+def dotted_key(ds: dict, loc: tuple) -> str:
+    """Where pydantic's error location (relative to the section DeepSpeed validated) is in the resolved JSON."""
+    tail = ".".join(str(part) for part in loc)
+    for key in flatten(ds):
+        at = f".{key}.".find(f".{tail}.")
+        if at >= 0:
+            return key[:at + len(tail)]
+    return tail
 
 
 def cuda_header_dirs() -> list[str]:

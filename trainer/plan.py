@@ -12,7 +12,7 @@ import math
 import yaml
 
 from data_prep import console
-from trainer.config import Config, ConfigError
+from trainer.config import Config, ConfigError, ModelCfg
 
 GIB = 2**30
 
@@ -33,12 +33,13 @@ def total_steps(cfg: Config, step_tokens: int, samples_per_rank: int | None) -> 
     return max(1, int(cfg.run.epochs * samples_per_rank) // (cfg.data.micro_batch * cfg.optim.accumulation))
 
 
-def model_shape(model_path: str, trust_remote_code: bool = False) -> tuple[int, int]:
-    """(total parameters, parameters of the largest single module) of the model in config.json, built on meta."""
+def model_shape(model_path: str, trust_remote_code: bool = False, config=None) -> tuple[int, int]:
+    """(total parameters, parameters of the largest single module) of the model in config.json, built on meta;
+    `config`: that config.json already read (model_config), so it is not read again."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = model_config(model_path, trust_remote_code)
+    config = config if config is not None else model_config(model_path, trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     total = sum(p.numel() for p in model.parameters())  # shared (tied) parameters count once
@@ -49,11 +50,58 @@ def model_shape(model_path: str, trust_remote_code: bool = False) -> tuple[int, 
 def model_config(model_path: str, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
+    from data_prep.tokenize import check_model_path
+
+    check_model_path(model_path, "model.path", "config")  # a hub name this machine cannot get: one line, at once
     try:
         return AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     except OSError as err:  # a hub name while offline, a folder without config.json: one line, not a traceback
         raise ConfigError(f"the model's config.json: {model_path}: "
                           f"{(str(err) or type(err).__name__).splitlines()[0][:200]}") from None
+
+
+# The names config.json gives the longest sequence under: transformers maps each architecture's own onto
+# max_position_embeddings (GPT-2's n_positions, DBRX's max_seq_len); the others are remote-code configs' (MPT's
+# max_seq_len, ChatGLM's seq_length, ...), read where nothing maps them.
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "max_seq_len", "n_ctx")
+
+
+def position_limit(config) -> tuple[int, str] | None:
+    """(the positions the model takes, where config.json says so), None where it states no limit (ALiBi models such
+    as BLOOM). RoPE scaling stretches the limit as transformers applies it (modeling_rope_utils): linear, dynamic and
+    YaRN scale the original length (rope_scaling's original_max_position_embeddings, else max_position_embeddings)
+    by `factor`; llama3 and longrope configs already state the stretched length as max_position_embeddings, which
+    the larger of the two keeps. A sliding window is no limit: it bounds how far back a layer attends (transformers
+    masks it, for every attention implementation), not the positions, so a model whose window is shorter than
+    seq_len (Mistral, Qwen2, Gemma 2/3) trains on it as it was pretrained, each token seeing its last `window`."""
+    config = config.get_text_config()
+    name = next((k for k in POSITION_KEYS if isinstance(getattr(config, k, None), int)), None)
+    if name is None:
+        return None
+    limit, why = getattr(config, name), config.attribute_map.get(name, name)
+    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    factor, original = rope.get("factor"), rope.get("original_max_position_embeddings") or limit
+    if isinstance(factor, (int, float)) and factor * original > limit:
+        kind = rope.get("rope_type", rope.get("type"))
+        limit, why = int(factor * original), f"rope_scaling {kind}: factor {factor} x {original} positions"
+    return limit, why
+
+
+def check_model_limits(model: ModelCfg, config, seq_len: int, vocab: int | None) -> None:
+    """One line before any weight loads where the data cannot fit the model: rows longer than its positions (a
+    RoPE model would train on positions it never learned, a learned-position model index past its table), or a
+    tokenizer with ids past its embedding rows. `vocab`: the tokenizer's size (None: not known, not checked)."""
+    limit = position_limit(config)
+    if limit and seq_len > limit[0]:
+        raise ConfigError(f"model.path {model.path}: seq_len {seq_len} is above the model's {limit[0]} positions "
+                          f"({limit[1]} in config.json): prepare the domains with odyssey prep --seq-len {limit[0]} "
+                          f"or less")
+    rows = getattr(config.get_text_config(), "vocab_size", None)
+    if vocab and isinstance(rows, int) and vocab > rows:
+        tokenizer = f"model.tokenizer {model.tokenizer}" if model.tokenizer else "its tokenizer"
+        raise ConfigError(f"model.path {model.path}: {tokenizer} has {vocab} tokens, more than the model's {rows} "
+                          f"embedding rows (vocab_size in config.json): ids from {rows} up have no embedding; use "
+                          f"the tokenizer the model was trained with")
 
 
 def device_bytes(local_world: int) -> tuple[int, str]:
@@ -125,13 +173,15 @@ def memory_estimate(ds_config: dict, total_params: int, largest_layer: int, gpus
 
 
 def plan(cfg: Config, world_size: int, gpus_per_node: int, seq_len: int, train_samples: int | None,
-         device_gib: float | None = None) -> dict:
+         device_gib: float | None = None, vocab: int | None = None) -> dict:
+    """What a run would do (`vocab`: its tokenizer's size where known, checked against the model as a run does)."""
     from trainer.engine import fill_ds_config
 
     if world_size % gpus_per_node:
         raise ConfigError(f"--world-size {world_size} is not a multiple of --gpus-per-node {gpus_per_node}")
-    total, largest = model_shape(cfg.model.path, cfg.model.trust_remote_code)
     config = model_config(cfg.model.path, cfg.model.trust_remote_code)
+    check_model_limits(cfg.model, config, seq_len, vocab)
+    total, largest = model_shape(cfg.model.path, cfg.model.trust_remote_code, config)
     ds = fill_ds_config(cfg, world_size)
     nodes = world_size // gpus_per_node
     device_memory, device = device_bytes(gpus_per_node)

@@ -92,6 +92,9 @@ class Tracker:
                          "metrics": self._metrics, "artifact": self._artifact, "tag": self._tag, "end": self._end}
         self._client = None
         self.attached = False  # logging into a run someone else opened and ends (start with reopen=False)
+        # the first record past the journal's sent mark may have reached MLflow before a crash kept it from being
+        # marked: its metric points are checked against the run's history before they are sent again
+        self._in_doubt = self.journal.sent() + 1 if self.journal else None
 
     @property
     def run_id(self) -> str | None:
@@ -304,8 +307,20 @@ class Tracker:
         from mlflow.entities import Metric
 
         items = [Metric(k, v, record["time"], record["step"]) for k, v in record["metrics"].items()]
+        if record["seq"] == self._in_doubt or self.attached:
+            items = self._not_logged(self._id(record), items)
         for i in range(0, len(items), 1000):
             self.client.log_batch(self._id(record), metrics=items[i:i + 1000])
+
+    def _not_logged(self, run_id: str, items: list) -> list:
+        """The points whose (metric, step) the run does not hold yet. For a record that may have been sent already
+        (`_in_doubt`: MLflow's SQL stores skip an identical point, its file store and some servers add it again),
+        and for a tracker attached to another process's run (`odyssey eval --watch` scoring a checkpoint the
+        trainer evaluated itself: the trainer's point stays, sent minutes before)."""
+        held = set()
+        for key in {m.key for m in items}:
+            held |= {(m.key, m.step) for m in self.client.get_metric_history(run_id, key)}
+        return [m for m in items if (m.key, m.step) not in held]
 
     def _artifact(self, record: dict) -> None:
         if not Path(record["path"]).exists():

@@ -36,7 +36,8 @@ from trainer.engine import build_engine, choose_optimizer, fill_ds_config, param
 from trainer.ledger import Ledger
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
-from trainer.plan import apply_stage, device_bytes, model_shape, tokens_per_step, total_steps
+from trainer.plan import (apply_stage, check_model_limits, device_bytes, model_config, model_shape, tokens_per_step,
+                          total_steps)
 from trainer.preempt import StopRequest
 from trainer.state import FINISHED, RunState
 from trainer.step_stats import StepStats
@@ -94,6 +95,9 @@ class Trainer:
         checkpoint.check_shared(self.run_dir, self.dist)
         tokenizer = load_tokenizer(cfg.model)  # data checks first: cheap, and they fail before any weight loads
         self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer), self.dist)
+        self.hf_config = model_config(cfg.model.path, cfg.model.trust_remote_code)
+        check_model_limits(cfg.model, self.hf_config, self.seq_len, len(tokenizer))
+        self.ds_config = fill_ds_config(cfg, self.dist.world)  # checked by DeepSpeed's config model, as the CLI does
         tag = checkpoint.starting_tag(self.ckpt_root, resume, self.dist, cfg.checkpoint.verify == "fast")
         set_aside = checkpoint.set_aside_newer(self.ckpt_root, tag) if tag and self.dist.main else None
         if self.dist.main:
@@ -126,11 +130,7 @@ class Trainer:
 
     def _build_engine(self) -> None:
         """The loader first (its length sets the step count of an epochs-based run), then the model under ZeRO-3."""
-        from transformers import AutoConfig
-
         cfg = self.cfg
-        self.hf_config = AutoConfig.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
-        self.ds_config = fill_ds_config(cfg, self.dist.world)
         self.stage_choice = self._choose_stage()
         self.optimizer_choice = choose_optimizer(self.ds_config, self.dist.device)
         self.loader = build_train_loader(cfg, self.domains, self.dist.device)
@@ -155,7 +155,7 @@ class Trainer:
         """Apply deepspeed.stage to the resolved JSON (auto: from the model's size and one device's memory)."""
         total = largest = 0
         if self.cfg.deepspeed.stage == "auto":
-            total, largest = model_shape(self.cfg.model.path, self.cfg.model.trust_remote_code)
+            total, largest = model_shape(self.cfg.model.path, self.cfg.model.trust_remote_code, self.hf_config)
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         return apply_stage(self.cfg, self.ds_config, total, largest, local, max(1, self.dist.world // local),
                            device_bytes(local)[0])

@@ -17,6 +17,7 @@ from tests.dist.test_production import ledger_by_step
 
 pytestmark = pytest.mark.slow
 STEPS = 20
+TIMED = ("train/tokens_per_s", "train/tokens_per_s_per_device", "train/mfu", "checkpoint/save_s")
 
 
 @pytest.fixture(scope="module")
@@ -113,11 +114,17 @@ def test_ranks_killed_at_random_steps_and_inside_a_save_resume_to_the_same_run(s
 
     client, [run] = client_and_run(out / "killed")
     ref_client, [ref] = client_and_run(out / "straight")
-    for key in ("train/loss", "eval/prose/loss", "train/lr"):
+    assert set(run.data.metrics) == set(ref.data.metrics)
+    for key in ref.data.metrics:  # every key: each (metric, step) once, and the uninterrupted run's points
         points = client.get_metric_history(run.info.run_id, key)
         steps = [m.step for m in points]
         assert len(steps) == len(set(steps)), f"{key}: a step logged twice: {sorted(steps)}"
         expected = {m.step: m.value for m in ref_client.get_metric_history(ref.info.run_id, key)}
-        assert {m.step: m.value for m in points} == pytest.approx(expected, abs=1e-6), key
+        if key == "checkpoint/save_s":  # saved where each attempt stopped, too
+            assert set(expected) <= set(steps), key
+        elif key in TIMED:  # clocks differ; the steps they are logged at do not
+            assert sorted(steps) == sorted(expected), key
+        else:
+            assert {m.step: m.value for m in points} == pytest.approx(expected, abs=1e-6), key
     assert run.info.status == "FINISHED"
     assert ledger_by_step(out / "killed") == ledger_by_step(out / "straight")
