@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.disk import write_atomic
+
 
 def eval_set_hash(targets: np.ndarray) -> str:
     h = hashlib.sha256(str(targets.shape).encode())
@@ -40,15 +42,14 @@ class BaselineCache:
         self._mem: dict[str, np.ndarray] = {}
 
     def save(self, domain: str, targets: np.ndarray, losses: np.ndarray) -> dict:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        """Each file whole or not at all (a full disk: DiskFull naming it); the .json, which `load` requires, goes
+        first and comes back last, so a failed save leaves no pair that does not belong together."""
         # tokens: the scored positions (a task row's prompt and padding have label -100 and loss 0)
         meta = {"eval_set_hash": eval_set_hash(targets), "model_hash": self.model_key, "tokens": int((targets >= 0).sum()),
                 "shape": list(losses.shape)}
-        tmp = self.dir / f".{domain}.npy"
-        with open(tmp, "wb") as f:
-            np.save(f, losses.astype(np.float32))
-        tmp.replace(self.dir / f"{domain}.npy")
-        (self.dir / f"{domain}.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (self.dir / f"{domain}.json").unlink(missing_ok=True)
+        write_atomic(self.dir / f"{domain}.npy", lambda tmp: np.save(tmp, losses.astype(np.float32)))
+        write_atomic(self.dir / f"{domain}.json", json.dumps(meta, indent=2) + "\n")
         self._mem[domain] = losses
         return meta
 

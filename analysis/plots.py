@@ -5,17 +5,20 @@ from pathlib import Path
 
 import matplotlib
 
+from data_prep.disk import write_atomic
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def save(fig, out: Path) -> Path:
-    """Lay out, write and close a figure (the one way every plot here ends)."""
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    """Lay out, write and close a figure (the one way every plot here ends): whole or not at all, and a full disk
+    is one line (DiskFull)."""
+    try:
+        fig.tight_layout()
+        return write_atomic(out, fig.savefig)
+    finally:
+        plt.close(fig)
 
 
 def degradation_curves(history: list[dict], train_domains: list[str], out: Path) -> Path:

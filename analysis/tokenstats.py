@@ -22,6 +22,7 @@ import numpy as np
 from analysis.baseline import BaselineCache
 from analysis.plots import token_report
 from data_prep.console import log
+from data_prep.disk import write_atomic
 
 CATEGORIES = ("newline_whitespace", "punctuation", "digits", "function_words", "word_continuation", "other")
 
@@ -201,11 +202,12 @@ class TokenStats:
         return metrics, tags, files
 
     def _write(self, summary: dict, name: str, step: int) -> list[Path]:
+        """Each file whole or not at all (a full disk: DiskFull naming it); the eval is run again on resume."""
         folder = self.run_dir / "tokens" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        table_frame(summary, self.vocab).to_parquet(folder / f"step_{step}.parquet", index=False)
+        frame = table_frame(summary, self.vocab)
+        write_atomic(folder / f"step_{step}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
         keep = ("total_delta", "tokens", "topk_share", "category_share", "category_count", "top_degrading",
                 "top_improving", "position")
-        (folder / f"step_{step}.json").write_text(json.dumps({k: summary[k] for k in keep}, indent=1))
+        write_atomic(folder / f"step_{step}.json", json.dumps({k: summary[k] for k in keep}, indent=1))
         token_report(summary, name, step, folder / f"step_{step}.png")
         return [folder / f"step_{step}.{suffix}" for suffix in ("parquet", "json", "png")]

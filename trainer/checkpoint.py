@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_prep.disk import free_bytes, size_text
 from data_prep.errors import OdysseyError
 from trainer.dist import Dist
 
@@ -131,29 +132,21 @@ def _gather(obj, world: int) -> list:
     return out
 
 
-def _free_bytes(root: Path) -> int:
-    return shutil.disk_usage(root if root.is_dir() else root.parent).free
-
-
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def check_room(root: Path, step: int, dist: Dist) -> None:
     """Before a save, every rank agrees whether the disk can hold another checkpoint the size of the last one (the
     common full-disk case ends cleanly on every rank, before anything is written)."""
     try:
         last = resume_tag(root, "auto") if root.is_dir() else ""
         need = sum(size for size, _ in json.loads((root / last / COMPLETE).read_text())["files"].values()) if last else 0
-        free = _free_bytes(root)
+        free = free_bytes(root)
     except (OSError, ValueError, KeyError):  # unmeasurable here: the save itself will say what is wrong
         last, need, free = "", 0, 1
     short = torch.tensor([float(need > free)], device=dist.device)
     if dist.world > 1 and torch.distributed.is_initialized():
         torch.distributed.all_reduce(short, op=torch.distributed.ReduceOp.MAX)
     if short.item():
-        raise CheckpointError(f"no room to save step {step} in {root}: {_size(free)} free, the last checkpoint "
-                              f"({last}) took {_size(need)}; free space (checkpoint.keep_last) and --resume auto "
+        raise CheckpointError(f"no room to save step {step} in {root}: {size_text(free)} free, the last checkpoint "
+                              f"({last}) took {size_text(need)}; free space (checkpoint.keep_last) and --resume auto "
                               f"from {last or 'it'}")
 
 
@@ -261,7 +254,7 @@ def save(engine, root: Path, step: int, client_state: dict, dist: Dist) -> tuple
     if problem:
         if rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
-        raise CheckpointError(f"saving {folder} failed on {problem} ({_size(_free_bytes(root))} left there); "
+        raise CheckpointError(f"saving {folder} failed on {problem} ({size_text(free_bytes(root))} left there); "
                               f"the partial folder was removed, the previous checkpoint is intact (--resume auto)")
     return folder, time.time() - t0
 

@@ -19,13 +19,14 @@ import yaml
 
 from analysis.metrics import baseline_from_cache
 from data_prep.console import log
+from data_prep.disk import write_atomic
 from data_prep.errors import OdysseyError
 from data_prep.manifest import tokenizer_fingerprint
 from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
 from trainer.config import Config, config_from_dict
 from trainer.data import check_domains, open_eval_sets
-from trainer.dist import Dist, first_problem, init_distributed
+from trainer.dist import Dist, failure_of, first_problem, init_distributed, stop_together
 from trainer.loss import use_head_loss
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
 from trainer.state import RunState
@@ -209,8 +210,9 @@ def evaluate_checkpoints(folder: str | Path, config: str | None = None, watch: b
                 model = None  # freed before the next one is built
                 scored.append(step)
                 done.add(name)
+                stop_together(failure_of(write_atomic, done_path, json.dumps(sorted(done))) if dist.main else None,
+                              dist)
                 if dist.main:
-                    done_path.write_text(json.dumps(sorted(done)))
                     log(f"evaluated {name} (step {step}) in {time.time() - t0:.1f}s")
             finished = until_step is not None and any(s >= until_step for s, _, _ in everything) and \
                 all(c[1] in done for c in everything)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
 from data_prep.config import ConfigError
+from data_prep.errors import OdysseyError
 
 
 @dataclass(frozen=True)
@@ -115,3 +116,28 @@ def first_problem(problem: str | None, dist: Dist) -> str | None:
         text[:len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).to(dist.device)
     torch.distributed.broadcast(text, src=src)
     return bytes(text.cpu().tolist()).rstrip(b"\0").decode(errors="replace")
+
+
+def failure_of(write: Callable[..., object], *args, **kwargs) -> Exception | None:
+    """Run a write that only some ranks make: None, or what it raised, for `stop_together` (the other ranks wait
+    there, so they must hear of any failure, a full disk or a bug)."""
+    try:
+        write(*args, **kwargs)
+    except Exception as err:
+        return err
+    return None
+
+
+def stop_together(problem: str | Exception | None, dist: Dist) -> None:
+    """Where every rank passes anyway (an eval's end, a save's start, the job's start and end): a write that failed
+    on any rank (a full disk: `DiskFull`'s line, from rank 0's token tables or journal, any rank's ledger) ends
+    every rank here with that rank's line (an OdysseyError), instead of the others waiting in their next collective.
+    `problem` may be this rank's own exception: an OdysseyError counts as its line; another kind (a bug) is raised
+    here with its traceback, the others stopping with its summary. One small collective, never per step."""
+    own = problem if isinstance(problem, Exception) and not isinstance(problem, OdysseyError) else None
+    text = f"rank {dist.rank}: {type(own).__name__}: {own}" if own else problem and str(problem)
+    agreed = first_problem(text, dist)
+    if own is not None:
+        raise own
+    if agreed is not None:
+        raise OdysseyError(agreed)

@@ -12,7 +12,7 @@ from analysis.plots import degradation_curves
 from analysis.tokenstats import TokenStats, Vocab
 from data_prep.console import log
 from trainer.config import Config
-from trainer.dist import Dist
+from trainer.dist import Dist, stop_together
 from trainer.evaluate import DomainEval, evaluate
 from trainer.state import RunState
 from trainer.task_eval import score_task, task_set
@@ -44,7 +44,9 @@ class EvalLogger:
 
     def evaluate_and_log(self, model, state: RunState) -> dict[str, DomainEval]:
         """Score `model` at `state.step`; the first call sets `state.baseline`. Logs metrics, token-statistics files
-        and tags, and appends to `state.history`."""
+        and tags, and appends to `state.history`. Every rank passes its end, so the ranks agree there on a write
+        that met a full disk (rank 0's token tables or baseline cache, its tracking journal or store): all of them
+        stop with its line (DiskFull's) rather than the others waiting in their next collective."""
         t0 = time.time()
         results = evaluate(model, self.eval_sets, self.dist, self.micro_batch, self.max_samples,
                            per_token=self.per_token)
@@ -52,14 +54,19 @@ class EvalLogger:
             state.baseline = baseline_of(results)
         metrics = eval_metrics(results, state.baseline)
         metrics.update(self.task_metrics(model, state.step))
+        problem, token_metrics, tags, files = None, {}, {}, []
         if self.token_stats is not None:
-            token_metrics, tags, files = self.token_stats(results, state.step)
-            metrics.update(token_metrics)
-            for key, value in tags.items():
-                self.tracker.set_tag(key, value)
-            for path, folder in files:
-                self.tracker.log_artifact(path, folder)
+            try:
+                token_metrics, tags, files = self.token_stats(results, state.step)
+            except Exception as err:  # a full disk, or a bug: the other ranks wait for it below
+                problem = err  # (this eval runs again on resume, its token statistics with it)
+        metrics.update(token_metrics)
+        for key, value in tags.items():
+            self.tracker.set_tag(key, value)
+        for path, folder in files:
+            self.tracker.log_artifact(path, folder)
         self.tracker.log_metrics(metrics, state.step, tokens_seen=state.tokens_seen)
+        stop_together(problem or self.tracker.write_problem, self.dist)
         state.history.append({"step": state.step, "tokens_seen": state.tokens_seen or 0,
                               "ppl": {n: r.ppl for n, r in results.items()},
                               "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})
@@ -86,9 +93,14 @@ class EvalLogger:
         return out
 
     def curves(self, state: RunState, name: str = "degradation.png") -> Path | None:
-        """Rank 0: every eval's perplexity and ratio to step 0 against tokens seen, as curves/<name>."""
-        if not self.dist.main or not state.history:
-            return None
-        png = degradation_curves(state.history, self.train_domains, self.run_dir / "curves" / name)
-        self.tracker.log_artifact(png, "curves")
+        """Rank 0: every eval's perplexity and ratio to step 0 against tokens seen, as curves/<name>. Every rank
+        calls it (the end of a job): they agree on a full disk here, as after an eval."""
+        png, problem = None, None
+        if self.dist.main and state.history:
+            try:
+                png = degradation_curves(state.history, self.train_domains, self.run_dir / "curves" / name)
+                self.tracker.log_artifact(png, "curves")
+            except Exception as err:  # the other ranks wait for it below: they must hear of any failure
+                problem = err
+        stop_together(problem or self.tracker.write_problem, self.dist)
         return png

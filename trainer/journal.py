@@ -15,6 +15,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from data_prep.disk import DiskFull, append, write_atomic
+
 
 def read_records(path: Path) -> list[dict]:
     """The records of a JSONL file this project appends to (a journal, evaluate-tasks' cells): a line torn by a crash
@@ -35,38 +37,36 @@ class Journal:
         self.sent_path = folder / f"{name}.sent"
         self.records = read_records(self.path)
         self.seq = self.records[-1]["seq"] if self.records else 0
-        self._file = None
+        self._whole = False  # whether this process appended a line yet (before it, the file may end torn)
         self.write_error: str | None = None
 
     def append(self, record: dict) -> dict:
-        """Give the record the next seq and write it (flushed, not fsynced: a step must not wait on the disk). A
-        write that fails (a full disk) is noted in `write_error`; the record is returned all the same, for sending."""
+        """Give the record the next seq and write its line whole (not fsynced: a step must not wait on the disk).
+        A full disk raises DiskFull, the line cut back: the caller must not send the record, since MLflow would
+        hold a point the journal does not, and a resumed run would log it again. Another write error is noted in
+        `write_error`; the record is returned all the same, for sending."""
         self.seq += 1
         record = {"seq": self.seq, **record}
+        line = json.dumps(record) + "\n"
         try:
-            if self._file is None:
-                self._file = self._open()
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+            if not self._whole:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                line = ("\n" if self._ends_torn() else "") + line  # a line a crash tore: this one must not join it
+            append(self.path, line.encode())
+            self._whole = True
+        except DiskFull:
+            self.seq -= 1
+            raise
         except OSError as err:
             self.write_error = err.strerror or str(err)
-            self._close()  # the next write starts on a line of its own
         return record
 
-    def _open(self):
-        self.folder.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a")
-        if f.tell() and not self.path.read_bytes().endswith(b"\n"):
-            f.write("\n")  # a line torn by a crash or a full disk: the next record must not join it
-        return f
-
-    def _close(self) -> None:
-        try:
-            if self._file is not None:
-                self._file.close()
-        except OSError:
-            pass
-        self._file = None
+    def _ends_torn(self) -> bool:
+        if not self.path.is_file() or not self.path.stat().st_size:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
 
     def sent(self) -> int:
         try:
@@ -78,9 +78,7 @@ class Journal:
         """Advance the mark (never back: `odyssey sync` may have sent further than a writer that is behind)."""
         if seq <= self.sent():
             return
-        tmp = self.sent_path.with_name(self.sent_path.name + ".tmp")
-        tmp.write_text(str(seq))
-        tmp.replace(self.sent_path)
+        write_atomic(self.sent_path, str(seq))
 
     def unsent(self) -> list[dict]:
         done = self.sent()
@@ -113,9 +111,7 @@ class Journal:
             before = dict(runs)
             yield runs
             if runs != before:
-                tmp = path.with_name("runs.json.tmp")
-                tmp.write_text(json.dumps(runs, indent=1))
-                os.replace(tmp, path)
+                write_atomic(path, json.dumps(runs, indent=1))
 
     def run_id(self, key: str | None) -> str | None:
         """The MLflow run id of a journal key (a real run id is its own key), or None while it is pending."""

@@ -5,12 +5,18 @@ skipped for a bad loss is recorded with step = -(the step it was drawn for). `sa
 is the global id in the training StreamingDataset (streams concatenated in config order; its `spanner` maps an id
 to (shard, index in shard)). Records are flushed at each checkpoint. On resume, records past the checkpoint's step
 (consumed by a run that died before its next checkpoint) are dropped, since those steps are replayed.
+
+A full disk: a flush that fails is cut back to the last whole record and raises DiskFull. The trainer flushes at
+the start of each save, where the ranks agree on it (each rank writes its own file), so every rank stops there with
+the line; the checkpoint before it stays the one to resume from, and its steps' records are written again.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from data_prep.disk import append, write_atomic
 
 RECORD = np.dtype([("step", "<i4"), ("sample_id", "<i8")])
 
@@ -29,9 +35,7 @@ class Ledger:
 
     def flush(self) -> None:
         if self._pending:
-            with open(self.path, "ab") as f:
-                np.concatenate(self._pending).tofile(f)
-                f.flush()
+            append(self.path, np.concatenate(self._pending).tobytes())
             self._pending.clear()
 
     def truncate_after(self, step: int) -> None:
@@ -39,9 +43,7 @@ class Ledger:
         self._pending.clear()
         if self.path.is_file():
             rec = np.fromfile(self.path, dtype=RECORD)
-            tmp = self.path.with_suffix(".tmp")
-            rec[np.abs(rec["step"]) <= step].tofile(tmp)
-            tmp.replace(self.path)
+            write_atomic(self.path, rec[np.abs(rec["step"]) <= step].tobytes())
 
 
 def read(run_dir: Path) -> dict[int, np.ndarray]:

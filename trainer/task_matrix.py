@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import gc
 import hashlib
+import io
 import json
 import sys
 import time
@@ -27,12 +28,13 @@ from analysis.plots import task_heatmap
 from analysis.task_scores import cell_kind, generalization
 from data_prep.config import Section, read_yaml, validate
 from data_prep.console import log
+from data_prep.disk import DiskFull, append, write_atomic
 from data_prep.errors import guarded
 from data_prep.task_examples import placeholders
 from data_prep.tasks import template_list
 from trainer.args import matrix_arguments, rank_args
 from trainer.config import ConfigError, ModelCfg, TrackingCfg
-from trainer.dist import Dist, init_distributed
+from trainer.dist import Dist, failure_of, init_distributed, stop_together
 from trainer.journal import read_records
 from trainer.model import load_model, load_tokenizer, resolve_dtype
 from trainer.task_eval import open_task_rows, score_task, task_set
@@ -214,9 +216,9 @@ def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int
                 "test_task": test.task or ts.task, "test_kind": ts.kind, "ood": test.ood, "shots": shots,
                 "metric": ts.metric, "score": score, "examples": n, "seconds": round(time.time() - t0, 1)}
         cells.append(cell)
-        if dist.main:
-            with open(out / CELLS, "a") as f:
-                f.write(json.dumps(cell) + "\n")
+        # whole lines only (a full disk cuts the line back); every rank stops with the line before the next cell
+        stop_together(failure_of(append, out / CELLS, (json.dumps(cell) + "\n").encode()) if dist.main else None,
+                      dist)
         log(f"{m.name} × {test.name} {shots}-shot: {ts.metric} {score:.4f} ({n} examples, "
             f"{cell['seconds']}s)")
     del model, keep
@@ -244,27 +246,36 @@ def evaluate_matrix(cfg: MatrixCfg) -> list[dict]:
     kind_of = {c["test_task"]: c["test_kind"] for c in cells if not c["ood"]}
     for c in cells:
         c["model_kind"] = kind_of.get(c["model_task"])
+    problem = None
     if dist.main:
-        write_matrix(cfg, cells)
+        try:
+            write_matrix(cfg, cells)
+        except Exception as err:  # the other ranks wait for it below: they must hear of any failure
+            problem = err
+    stop_together(problem, dist)
     return cells
 
 
 def write_matrix(cfg: MatrixCfg, cells: list[dict]) -> None:
-    """matrix.json (cells + generalization summary), matrix.csv, heatmap.png, and the MLflow run."""
+    """matrix.json (cells + generalization summary), matrix.csv, heatmap.png (each whole or not at all), and the
+    MLflow run. A full disk here or in its tracking raises DiskFull."""
     out = Path(cfg.out)
     summary = generalization(cells)
-    (out / "matrix.json").write_text(json.dumps({"cells": cells, **summary}, indent=2) + "\n")
+    write_atomic(out / "matrix.json", json.dumps({"cells": cells, **summary}, indent=2) + "\n")
     columns = ["model", "model_task", "fticl", "test", "test_task", "ood", "shots", "metric", "score", "examples"]
-    with open(out / "matrix.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, columns + ["kind"], extrasaction="ignore")
-        writer.writeheader()
-        for c in cells:
-            writer.writerow({**c, "kind": cell_kind(c["model_task"], c["test_task"], c["ood"])})
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, columns + ["kind"], extrasaction="ignore")
+    writer.writeheader()
+    for c in cells:
+        writer.writerow({**c, "kind": cell_kind(c["model_task"], c["test_task"], c["ood"])})
+    write_atomic(out / "matrix.csv", table.getvalue())
     png = task_heatmap(cells, summary["models"], out / "heatmap.png")
     tracker = Tracker(out, cfg.tracking.experiment, enabled=True, uri=cfg.tracking.uri, journal="matrix")
     tracker.start(cfg.tracking.run_name or out.name, tags={**cfg.tracking.tags, "kind": "task-matrix"})
     log_matrix(tracker, cells, summary, [out / "matrix.json", out / "matrix.csv", png])
     tracker.end("FINISHED")
+    if tracker.write_problem:
+        raise DiskFull(tracker.write_problem)
     for f in summary["findings"]:
         log(f"{f['finding']}: {f['text']}")
     log(f"matrix of {len(cells)} cells: {out / 'matrix.csv'}, {png}; MLflow run {tracker.run_id} at {tracker.uri}")

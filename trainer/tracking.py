@@ -16,6 +16,7 @@ A config's URI without credentials takes them from MLFLOW_TRACKING_URI when that
 """
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -26,6 +27,7 @@ from typing import Any
 
 from data_prep.config import ConfigError, read_yaml
 from data_prep.console import log
+from data_prep.disk import DiskFull, disk_full, is_full
 from data_prep.errors import OdysseyError
 from data_prep.redact import redact, redact_tree, split_userinfo
 from trainer.config import flatten
@@ -60,6 +62,21 @@ def params_for(config_tree: dict) -> dict[str, str]:
     return {k[:PARAM_KEY_MAX]: str(v)[:PARAM_VALUE_MAX] for k, v in flatten(redact_tree(config_tree)).items()}
 
 
+def _quiet_store_errors(record: logging.LogRecord) -> bool:
+    """MLflow's SQL store logs every failed call with its traceback before raising it (a full disk printed tens of
+    thousands of lines); the writer reports a failing store itself, once."""
+    return record.levelno < logging.ERROR
+
+
+def local_store(uri: str) -> Path | None:
+    """The file of an embedded sqlite store, or the folder of a file store; None for a server."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    if uri.startswith(("file:", "/", ".")):  # a bare name ("databricks") is a server
+        return Path(uri.removeprefix("file://").removeprefix("file:"))
+    return None
+
+
 def _permanent(err: BaseException) -> bool:
     return getattr(err, "error_code", None) in PERMANENT or isinstance(err, (FileNotFoundError, RunRefused))
 
@@ -91,6 +108,11 @@ class Tracker:
         self._senders = {"create": self._create, "resume": self._resume, "params": self._params,
                          "metrics": self._metrics, "artifact": self._artifact, "tag": self._tag, "end": self._end}
         self._client = None
+        self.store = local_store(self.uri)
+        # a write of this job's tracking (journal, local store) that met a full disk: DiskFull's line, reported once
+        # here and by the job at its next eval or save (trainer/dist.py: stop_together)
+        self.write_problem: str | None = None
+        self._store_full = False
         self.attached = False  # logging into a run someone else opened and ends (start with reopen=False)
         # the first record past the journal's sent mark may have reached MLflow before a crash kept it from being
         # marked: its metric points are checked against the run's history before they are sent again
@@ -109,6 +131,7 @@ class Tracker:
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
             from mlflow import MlflowClient
 
+            logging.getLogger("mlflow.store.db.utils").addFilter(_quiet_store_errors)
             self._client = MlflowClient(self.uri)
         return self._client
 
@@ -153,9 +176,21 @@ class Tracker:
             raise TrackingError(f"MLflow at {self.uri} did not create run '{run_name}': "
                                 f"{redact(str(err)).splitlines()[0][:300]}") from None
 
+    def _note_full(self, line: str) -> None:
+        if self.write_problem is None:
+            self.write_problem = line
+            log(f"tracking: {line.split('; ')[0]}; the job stops at its next eval or save")
+
     def _put(self, record: dict) -> None:
+        """Journal the call, then queue it for the writer. On a full disk the call is dropped (never sent without
+        its journal line) and the job stops at its next eval or save: those steps run again on resume."""
         noted = self.journal.write_error
-        self._queue.put(self.journal.append(record))
+        try:
+            record = self.journal.append(record)
+        except DiskFull as err:
+            self._note_full(str(err))
+            return
+        self._queue.put(record)
         if self.journal.write_error and not noted:
             log(f"cannot write the MLflow journal {self.journal.path} ({self.journal.write_error}); calls go "
                 f"to MLflow from memory, and those still unsent when the job ends are lost")
@@ -212,17 +247,20 @@ class Tracker:
         return self.end(status, wait_s)
 
     def drain(self, wait_s: float = 60.0) -> bool:
-        """Before the process exits: wait up to `wait_s` for an unreachable server, then leave the rest in the
-        journal and say how to send it. Returns whether everything was sent."""
+        """Before the process exits: wait up to `wait_s` for an unreachable server (not for a local store on a full
+        disk, which does not empty itself), then leave the rest in the journal and say how to send it. Returns
+        whether everything was sent."""
         if not self.enabled or self.journal_key is None:
             return True
         self._hurry.set()
         deadline = time.time() + wait_s
-        while not self.flush(timeout=max(0.0, deadline - time.time())) and time.time() < deadline:
+        while not self.flush(timeout=max(0.0, deadline - time.time())) and time.time() < deadline \
+                and not self._store_full:
             time.sleep(0.5)
         left = self._queue.unfinished_tasks
         if left:
-            log(f"MLflow at {self.uri} unreachable: {left} call(s) kept in {self.journal.path}; they are sent by "
+            why = "has no room" if self._store_full else "unreachable"
+            log(f"MLflow at {self.uri} {why}: {left} call(s) kept in {self.journal.path}; they are sent by "
                 f"the next start of this run, or now with: odyssey sync {self.run_dir}")
         return not left
 
@@ -240,6 +278,8 @@ class Tracker:
                 self._down_since = None
             try:
                 self.journal.mark_sent(record["seq"])
+            except DiskFull as err:  # the record is sent; a resumed run checks it against the run's history
+                self._note_full(str(err))
             except OSError as err:  # the record is sent; a later mark or `odyssey sync` moves past it
                 log(f"could not mark MLflow call #{record['seq']} sent ({err.strerror})")
             finally:
@@ -258,6 +298,8 @@ class Tracker:
             why = redact(str(err)).splitlines()[0][:300] if str(err) else type(err).__name__
             if isinstance(err, RunPending):
                 return False  # its run's create waits in another journal (a training run still pending)
+            if self._full(record, err):
+                return False  # kept in the journal; the job stops at its next eval or save
             if _permanent(err):
                 log(f"MLflow refused {record['op']} #{record['seq']} ({why}); skipped")
                 if record["op"] == "create" and record["run"]:
@@ -268,6 +310,21 @@ class Tracker:
                 log(f"MLflow at {self.uri} unreachable ({why}); nothing waits for it: calls are kept in "
                     f"{self.journal.path} and sent when it is back")
             return False
+
+    def _full(self, record: dict, err: BaseException) -> bool:
+        """A write of ours that met a full disk: the journal's run table, or a local store (sqlite, its artifacts).
+        Noted once; the writer waits for space like for a server that is down, without a line per call."""
+        if isinstance(err, DiskFull):
+            line = str(err)
+        elif self.store is not None and is_full(err):
+            where = self.artifact_root if record["op"] == "artifact" and self.artifact_root else self.store
+            line = str(disk_full(getattr(err, "filename", None) or where, err))
+        else:
+            return False
+        self._note_full(line)
+        self._store_full = True
+        self._down_since = self._down_since or time.time()
+        return True
 
     def _id(self, record: dict) -> str:
         run_id = self.journal.run_id(record["run"])

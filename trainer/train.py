@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from data_prep.console import log
+from data_prep.disk import DiskFull, write_atomic
 from data_prep.errors import guarded
 from data_prep.manifest import tokenizer_fingerprint
 from data_prep.redact import load_env_file, redact_tree
@@ -31,7 +32,7 @@ from trainer import checkpoint
 from trainer.args import rank_args, train_arguments
 from trainer.config import Config, ConfigError, load_config
 from trainer.data import Batches, build_train_loader, check_domains, model_inputs, open_eval_sets
-from trainer.dist import init_distributed
+from trainer.dist import failure_of, init_distributed, stop_together
 from trainer.engine import build_engine, choose_optimizer, fill_ds_config, parameter_counts, retrace_zero3
 from trainer.ledger import Ledger
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
@@ -108,8 +109,8 @@ class Trainer:
         self.ledger = Ledger(self.run_dir, self.dist.rank)
         if tag:
             self._resume(tag)
-        else:
-            self.ledger.truncate_after(0)  # a fresh start owns the run folder: no records of an unfinished attempt
+        # no records past the checkpoint (those steps run again), none at all on a fresh start (it owns the folder)
+        problem = failure_of(self.ledger.truncate_after, self.state.step)
         self.tracker = Tracker(self.run_dir, cfg.tracking.experiment, enabled=self.dist.main, uri=cfg.tracking.uri)
         self.state.mlflow_run_id = self.tracker.start(cfg.tracking.run_name or cfg.run.name, self.state.mlflow_run_id,
                                                       tags=cfg.tracking.tags,
@@ -118,7 +119,8 @@ class Trainer:
             if set_aside:
                 self._note_rewind(set_aside)
             if self.dist.main and not tag:
-                self._record_run()
+                problem = problem or failure_of(self._record_run)
+            stop_together(problem or self.tracker.write_problem, self.dist)
             self.eval_logger = EvalLogger(cfg, open_eval_sets(self.domains, cfg.eval.split), self.dist, tokenizer,
                                        self.tracker, self.run_dir, self._weight_delta(tag))
             self.evals_at = eval_steps(cfg, self.max_steps)
@@ -165,7 +167,6 @@ class Trainer:
         saved = checkpoint.load(self.engine, self.ckpt_root, tag, self.dist.rank)
         self.state = RunState.from_dict(saved)
         self.loader.load_state_dict(saved["loader"])
-        self.ledger.truncate_after(self.state.step)  # steps after the checkpoint are replayed
         save_s = json.loads((self.ckpt_root / tag / checkpoint.COMPLETE).read_text()).get("save_s")
         log(f"resumed from {self.ckpt_root / tag} at step {self.state.step} ({self.state.tokens_seen:,} "
             f"tokens seen; loaded in {time.time() - t0:.1f}s, saved in {save_s}s)")
@@ -185,8 +186,8 @@ class Trainer:
         run_dir, tracker = self.run_dir, self.tracker
         tree = self.cfg.model_dump(mode="json")
         tree["tracking"]["uri"] = self.cfg.tracking.uri and tracker.uri  # without credentials (they are in the env)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(redact_tree(tree), sort_keys=False))
-        (run_dir / "ds_config.json").write_text(json.dumps(self.ds_config, indent=2) + "\n")
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(redact_tree(tree), sort_keys=False))
+        write_atomic(run_dir / "ds_config.json", json.dumps(self.ds_config, indent=2) + "\n")
         tracker.log_params(params_for(tree))
         derived = {"world_size": self.dist.world, "seq_len": self.seq_len, "tokens_per_step": self.tokens_per_step,
                    "total_steps": self.max_steps, "params": self.n_params, "params_on_rank0": self.n_local,
@@ -195,9 +196,7 @@ class Trainer:
         tracker.log_artifact(run_dir / "config.yaml", "config")
         tracker.log_artifact(run_dir / "ds_config.json", "config")
         for dom in self.domains.values():
-            dst = run_dir / "manifests" / f"{dom.name}.json"
-            dst.parent.mkdir(exist_ok=True)
-            dst.write_text(json.dumps(dom.manifest, indent=2))
+            dst = write_atomic(run_dir / "manifests" / f"{dom.name}.json", json.dumps(dom.manifest, indent=2))
             tracker.log_artifact(dst, "manifests")
 
     def _weight_delta(self, resumed_from: str | None) -> WeightDelta | None:
@@ -299,7 +298,7 @@ class Trainer:
 
     def save(self, step: int) -> None:
         t0 = time.time()
-        self.ledger.flush()
+        self._flush_ledger()
         self.state.mlflow_run_id = self.tracker.run_id or self.state.mlflow_run_id  # the real id once it exists
         client = {**self.state.to_dict(), "loader": self.loader.state_dict()}
         path, seconds = checkpoint.save(self.engine, self.ckpt_root, step, client, self.dist)
@@ -309,6 +308,17 @@ class Trainer:
             log(f"checkpoint {path} ({time.time() - t0:.1f}s)" + (f"; removed {pruned}" if pruned else ""))
         self._check_grace(seconds)
         self.meter.start_clock()
+
+    def _flush_ledger(self) -> None:
+        """Every rank writes its own ledger; they agree on a full disk there (or in rank 0's tracking, noted since
+        the last eval or save), so all of them stop together before the save with its line."""
+        stop_together(failure_of(self.ledger.flush) or self.tracker.write_problem, self.dist)
+
+    def _check_tracking(self) -> None:
+        """Rank 0, after the job's last agreement (the curves): its tracking met a full disk at the very end. Its
+        line and exit 2 from rank 0 alone (the writes past here are rank 0's, and no rank waits for it any more)."""
+        if self.tracker.write_problem:
+            raise DiskFull(self.tracker.write_problem)
 
     def _check_grace(self, save_s: float | None) -> None:
         """A save that cannot finish between the stop signal and SIGKILL loses everything since the last one."""
@@ -361,19 +371,23 @@ class Trainer:
         """A checkpoint unless the last step was just saved (or the run finished with save_final off), the curves,
         and the FINISHED mark a study waits for."""
         step, state = self.state.step, self.state
-        self.ledger.flush()
         if step != last_save and (step < self.max_steps or self.cfg.checkpoint.save_final):
             self.save(step)
+        else:
+            self._flush_ledger()
         self.eval_logger.curves(state)
         if step >= self.max_steps:
             self.tracker.end("FINISHED", self.cfg.tracking.wait_s)
+            self._check_tracking()
             if self.dist.main:
-                (self.run_dir / FINISHED).write_text(json.dumps({"step": step, "tokens_seen": state.tokens_seen}) + "\n")
+                mark = {"step": step, "tokens_seen": state.tokens_seen}
+                write_atomic(self.run_dir / FINISHED, json.dumps(mark) + "\n")
             log(f"done: {step} steps, {state.tokens_seen:,} tokens; run folder {self.run_dir}")
             return
         self.tracker.set_tag("odyssey.stopped_by", stopped_by or "run.halt_at_step")
         self.tracker.end("FAILED" if stopped_by and stopped_by.startswith("bad loss") else "KILLED",
                          self.cfg.tracking.wait_s)  # resuming sets it RUNNING again
+        self._check_tracking()
         if stopped_by:
             log(f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")
         else:

@@ -1,6 +1,7 @@
 """The tracking journal on a real store: an unreachable server never blocks the caller and loses nothing (`odyssey
-sync` sends it all later, in order, once), and a resumed run does not log a step's metric twice. A torn line, a full
-disk under the journal, a run MLflow refuses and a crashed attempt's run do not stop what comes after."""
+sync` sends it all later, in order, once), and a resumed run does not log a step's metric twice. A torn line, a run
+MLflow refuses and a crashed attempt's run do not stop what comes after; a full disk under the journal is one line,
+once, and no call goes to MLflow without its journal line."""
 import socket
 import subprocess
 import sys
@@ -90,20 +91,23 @@ def test_a_crashed_attempt_ends_failed_and_a_refused_run_blocks_nothing(tmp_path
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))  # the torn line alone was lost
 
 
-def test_a_full_disk_under_the_journal_still_sends_everything(tmp_path, capsys):
+def test_a_full_disk_under_the_journal_is_one_line_and_nothing_unjournaled_is_sent(tmp_path, capsys):
+    """A call MLflow took but the journal lost would be logged again by a resumed run: on a full disk the call is
+    dropped, the tracker says so once, and `write_problem` holds the line the job stops with (trainer/dist.py)."""
     run_dir, store = tmp_path / "run", f"sqlite:///{tmp_path}/store.db"
     (run_dir / "mlflow").mkdir(parents=True)
-    (run_dir / "mlflow" / "train.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
+    journal = run_dir / "mlflow" / "train.jsonl"
+    journal.symlink_to("/dev/full")  # every write: ENOSPC
     tracker = Tracker(run_dir, "exp", enabled=True, uri=store)
     tracker.start("full")
     for step in range(1, 4):
         tracker.log_metrics({"train/loss": float(step)}, step)
-    assert tracker.end("FINISHED", wait_s=30)
-    assert "cannot write the MLflow journal" in capsys.readouterr().out
-    from mlflow import MlflowClient
-
-    run = runs_by_name(store, "exp")["full"]
-    assert [m.step for m in MlflowClient(store).get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+    assert tracker.end("FINISHED", wait_s=30)  # nothing queued: nothing waits
+    out = capsys.readouterr().out
+    assert out.count("tracking: no space left writing") == 1 and f"writing {journal} (" in out, out
+    assert tracker.write_problem.startswith(f"no space left writing {journal} (")
+    assert tracker.write_problem.endswith("--resume auto continues from the last checkpoint)")
+    assert tracker.journal.seq == 0 and tracker.run_id is None  # not even the run was created
 
 
 def test_a_study_sends_what_its_runs_could_not_before_it_aggregates(tmp_path):

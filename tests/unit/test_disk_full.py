@@ -1,0 +1,50 @@
+"""The one line a full disk ends in (data_prep/disk.py), without a real full disk: ENOSPC and EDQUOT name the path and
+the free space, other errors pass unchanged, a full sqlite store is told apart inside MLflow's wrapping, and an
+atomic write that fails leaves the old file and no temp file. tests/faults/test_disk.py fills real filesystems."""
+import errno
+import sqlite3
+
+import pytest
+
+from data_prep.disk import DiskFull, is_full, write_atomic, writing
+
+
+def test_enospc_and_edquot_become_one_line_naming_the_path(tmp_path):
+    target = tmp_path / "tokens" / "prose" / "step_6.parquet"  # its folder need not exist
+    with pytest.raises(DiskFull) as err:
+        with writing(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    line = str(err.value)
+    assert line.startswith(f"no space left writing {target} (") and " free on its filesystem); " in line
+    assert line.endswith("free space and run it again (a training run: --resume auto continues from the last "
+                         "checkpoint)")
+    with pytest.raises(DiskFull, match="^disk quota exceeded writing "):
+        with writing(target):
+            raise OSError(errno.EDQUOT, "Disk quota exceeded")
+    with pytest.raises(PermissionError):  # not a full disk: unchanged, with its traceback
+        with writing(target):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+
+def test_a_full_sqlite_store_is_found_inside_the_errors_that_wrap_it():
+    try:
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as inner:
+            raise RuntimeError("TEMPORARILY_UNAVAILABLE: SQLAlchemy database error") from inner
+    except RuntimeError as outer:
+        assert is_full(outer)
+    assert not is_full(RuntimeError("connection refused")) and not is_full(OSError(errno.EIO, "I/O error"))
+
+
+def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
+    target = write_atomic(tmp_path / "curves.png", b"old")
+
+    def half_then_full(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFull, match=f"^no space left writing {target} "):
+        write_atomic(target, half_then_full)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+    assert write_atomic(target, "new").read_text() == "new"
