@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests import tiny
+from tests.unit.test_cli_errors import write_config
 
 ODYSSEY = [sys.executable, "-m", "odyssey"]
 BASE = {"model": {"path": "m"}, "data": {"streams": [{"name": "a", "path": "x"}]}}  # DeepSpeed checks need no files
@@ -35,14 +36,6 @@ def models(assets, tmp_path_factory):
     return {"llama": llama, "gpt2": root / "gpt2_32", "narrow": root / "narrow"}
 
 
-def write_config(tmp_path, model, domains, extra=""):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model: {{path: {model}}}\n"
-                   f"data: {{streams: [{{name: prose, path: {domains / 'prose'}}}]}}\n"
-                   f"run: {{out_dir: {tmp_path / 'runs'}, max_steps: 2}}\n{extra}")
-    return cfg
-
-
 def refused(tmp_path, cfg, how, line):
     """`odyssey train cfg` --dry-run or --nproc 2 exits 2 with exactly `line`, before any rank or run folder."""
     r = subprocess.run([*ODYSSEY, "train", str(cfg), *how.split()], capture_output=True, text=True, cwd=tmp_path,
@@ -58,14 +51,14 @@ def refused(tmp_path, cfg, how, line):
 @pytest.mark.parametrize("how", ["--dry-run", "--nproc 2"])
 @pytest.mark.parametrize("arch, key", [("llama", "max_position_embeddings"), ("gpt2", "n_positions")])
 def test_seq_len_above_the_model_positions(tmp_path, assets, models, arch, key, how):
-    cfg = write_config(tmp_path, models[arch], assets["domains"])
+    cfg = write_config(tmp_path, assets, assets["domains"] / "prose", model=models[arch])
     refused(tmp_path, cfg, how, f"model.path {models[arch]}: seq_len 64 is above the model's 32 positions ({key} "
                                 f"in config.json): prepare the domains with odyssey prep --seq-len 32 or less")
 
 
 @pytest.mark.parametrize("how", ["--dry-run", "--nproc 2"])
 def test_tokenizer_larger_than_the_embedding(tmp_path, assets, models, how):
-    cfg = write_config(tmp_path, models["narrow"], assets["domains"])
+    cfg = write_config(tmp_path, assets, assets["domains"] / "prose", model=models["narrow"])
     refused(tmp_path, cfg, how, f"model.path {models['narrow']}: its tokenizer has 512 tokens, more than the model's "
                                 f"400 embedding rows (vocab_size in config.json): ids from 400 up have no embedding; "
                                 f"use the tokenizer the model was trained with")
@@ -73,7 +66,7 @@ def test_tokenizer_larger_than_the_embedding(tmp_path, assets, models, how):
 
 @pytest.mark.parametrize("how", ["--dry-run", "--nproc 2"])
 def test_deepspeed_override_typo(tmp_path, assets, how):
-    cfg = write_config(tmp_path, assets["model"], assets["domains"],
+    cfg = write_config(tmp_path, assets, assets["domains"] / "prose",
                        "deepspeed: {overrides: {zero_optimization.stage3_prefetch_bucket_sizee: 1000}}\n")
     refused(tmp_path, cfg, how, "deepspeed.overrides: unknown DeepSpeed key "
                                 "'zero_optimization.stage3_prefetch_bucket_sizee'")
@@ -84,7 +77,7 @@ def test_deepspeed_json_top_level_typo(tmp_path, assets):
     user = tmp_path / "mine.json"
     user.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_clipping": "auto",
                                 "zero_optimization": {"stage": 3}, "steps_per_prnt": 10}))
-    cfg = write_config(tmp_path, assets["model"], assets["domains"], f"deepspeed: {{config: {user}}}\n")
+    cfg = write_config(tmp_path, assets, assets["domains"] / "prose", f"deepspeed: {{config: {user}}}\n")
     refused(tmp_path, cfg, "--nproc 2", f"deepspeed.config {user}: unknown DeepSpeed key 'steps_per_prnt' "
                                         f"(DeepSpeed would ignore it; did you mean 'steps_per_print'?)")
 
@@ -95,7 +88,8 @@ def test_rope_scaling_stretches_the_limit(tmp_path, assets, models):
     config = json.loads((llama / "config.json").read_text())
     scaled = shutil.copytree(llama, tmp_path / "scaled")
     (scaled / "config.json").write_text(json.dumps({**config, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
-    r = subprocess.run([*ODYSSEY, "train", str(write_config(tmp_path, scaled, assets["domains"])), "--dry-run"],
+    cfg = write_config(tmp_path, assets, assets["domains"] / "prose", model=scaled)
+    r = subprocess.run([*ODYSSEY, "train", str(cfg), "--dry-run"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0 and "seq_len           64" in r.stdout, r.stderr
 

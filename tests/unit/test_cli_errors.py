@@ -39,9 +39,10 @@ def test_prep_empty_domain(tmp_path, assets):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def write_config(tmp_path, assets, domain_path, extra=""):
+def write_config(tmp_path, assets, domain_path, extra="", model=None):
+    """A two-step training config on one domain; `model`: another model folder than the session's tiny Llama."""
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"model: {{path: {assets['model']}}}\n"
+    cfg.write_text(f"model: {{path: {model or assets['model']}}}\n"
                    f"data: {{streams: [{{name: d, path: {domain_path}}}]}}\n"
                    f"run: {{out_dir: {tmp_path / 'runs'}, max_steps: 2}}\n{extra}")
     return cfg
