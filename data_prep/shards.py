@@ -5,7 +5,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from streaming import MDSWriter
 
 TOKENS = "tokens"  # a packed LM row: seq_len token ids, every position a target
 INPUT_IDS, LABELS = "input_ids", "labels"  # a task row (data_prep/tasks.py): variable length, labels IGNORE off-target
@@ -23,6 +22,9 @@ class SplitWriters:
 
     def __init__(self, root: Path, splits: tuple[str, ...], seq_len: int, compression: str | None = "zstd",
                  size_limit: str = "64mb"):
+        from streaming import MDSWriter  # here, not at the top: streaming's import takes seconds (it imports
+        # transformers and sklearn), and the launcher's checks import this module without writing a shard
+
         self._stack = ExitStack()
         self.writers = {
             s: self._stack.enter_context(

@@ -12,7 +12,6 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_ma
 from data_prep.shards import IGNORE, INPUT_IDS, LABELS, SEGMENTS, TOKENS, open_split
 from data_prep.validate import require_valid
 from trainer.config import Config, ConfigError
-from trainer.dist import Dist, first_problem, in_srun_step
+from trainer.dist import Dist, first_problem, rank_cores
 
 
 @dataclass
@@ -195,28 +194,6 @@ def _dataset_class():
             return {**super().get_item(sample_id, retry), SAMPLE_ID: int(sample_id)}
 
     return LedgeredDataset
-
-
-def rank_cores(local_world: int, env: Mapping[str, str] | None = None, cores: int | None = None,
-               parent_cores: int | None = None) -> int:
-    """The cores this rank may use by itself. The affinity (`cores`) is what the job allows (SLURM, cgroups). A
-    launcher that starts every local rank with that same affinity (deepspeed, torchrun, srun without task binding)
-    leaves it to be shared by `local_world` ranks; one that binds each rank to a slice of its own has divided it
-    already, and dividing again left 1 loader worker per rank: srun --cpus-per-task=N with task binding (an srun
-    task is this rank, and its affinity is at most N), or a binding wrapper (deepspeed --bind_cores_to_rank,
-    numactl), seen as an affinity smaller than the launcher's (`parent_cores`, this process's parent). A wrong
-    "not sliced" costs workers; a wrong "sliced" is capped by loader_workers' 4."""
-    env = os.environ if env is None else env
-    cores = len(os.sched_getaffinity(0)) if cores is None else cores
-    if parent_cores is None:
-        try:
-            parent_cores = len(os.sched_getaffinity(os.getppid()))
-        except OSError:  # the parent is gone
-            parent_cores = cores
-    per_task = env.get("SLURM_CPUS_PER_TASK", "")
-    srun_rank = in_srun_step(env) and env.get("WORLD_SIZE", env["SLURM_STEP_NUM_TASKS"]) == env["SLURM_STEP_NUM_TASKS"]
-    sliced = (srun_rank and per_task.isdigit() and cores <= int(per_task)) or cores < parent_cores
-    return cores if sliced else max(1, cores // max(1, local_world))
 
 
 def loader_workers(configured: int | None, device: torch.device, local_world: int, cores: int | None = None) -> int:

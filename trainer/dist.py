@@ -66,6 +66,28 @@ def slurm_rank_env(env: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def rank_cores(local_world: int, env: Mapping[str, str] | None = None, cores: int | None = None,
+               parent_cores: int | None = None) -> int:
+    """The cores this rank may use by itself. The affinity (`cores`) is what the job allows (SLURM, cgroups). A
+    launcher that starts every local rank with that same affinity (deepspeed, torchrun, srun without task binding)
+    leaves it to be shared by `local_world` ranks; one that binds each rank to a slice of its own has divided it
+    already, and dividing again left 1 loader worker per rank: srun --cpus-per-task=N with task binding (an srun
+    task is this rank, and its affinity is at most N), or a binding wrapper (deepspeed --bind_cores_to_rank,
+    numactl), seen as an affinity smaller than the launcher's (`parent_cores`, this process's parent). A wrong
+    "not sliced" costs workers; a wrong "sliced" is capped by loader_workers' 4."""
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    if parent_cores is None:
+        try:
+            parent_cores = len(os.sched_getaffinity(os.getppid()))
+        except OSError:  # the parent is gone
+            parent_cores = cores
+    per_task = env.get("SLURM_CPUS_PER_TASK", "")
+    srun_rank = in_srun_step(env) and env.get("WORLD_SIZE", env["SLURM_STEP_NUM_TASKS"]) == env["SLURM_STEP_NUM_TASKS"]
+    sliced = (srun_rank and per_task.isdigit() and cores <= int(per_task)) or cores < parent_cores
+    return cores if sliced else max(1, cores // max(1, local_world))
+
+
 def select_device(local_rank: int) -> torch.device:
     """This rank's device: GPU `local_rank`, made current before anything touches CUDA (else every rank's first
     allocation, and NCCL's communicator, land on cuda:0). CPU where there is no GPU."""
@@ -90,6 +112,8 @@ def init_distributed() -> Dist:
         os.environ.setdefault(var, default)
     # mosaicml-streaming needs LOCAL_WORLD_SIZE; the deepspeed launcher only sets LOCAL_SIZE (see docs/PITFALLS.md).
     os.environ.setdefault("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", os.environ["WORLD_SIZE"]))
+    if "OMP_NUM_THREADS" not in os.environ:  # torchrun sets 1; deepspeed's launcher and srun leave every local rank
+        torch.set_num_threads(rank_cores(int(os.environ["LOCAL_WORLD_SIZE"])))  # all the cores: N ranks contend
     local_rank = int(os.environ["LOCAL_RANK"])
     device = select_device(local_rank)
     deepspeed.init_distributed(dist_backend=None, verbose=False)

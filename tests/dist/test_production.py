@@ -1,7 +1,6 @@
 """Production behaviour on real 2-rank ZeRO-3 (killed ranks: tests/faults/test_kills.py): a signal saves and exits
 0, export round-trips to from_pretrained, bad losses follow the policy, and broken checkpoints are refused with one
 line. (Architectures other than Llama: tests/dist/test_architectures.py.)"""
-import os
 import shutil
 import signal
 import subprocess

@@ -3,8 +3,6 @@ flipped in it (size unchanged), injected here from the test's side: the start-up
 compressed shard and says so in one line, training then reads the clean samples, and `odyssey prep --validate` names
 the copy. Both files corrupt: one line naming the compressed shard, and the run does not start."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from data_prep.prepare import PrepOptions, prepare_domain
 from data_prep.shards import open_split
 from data_prep.validate import ValidationError, require_valid
 from tests import tiny
+from tests.cli import odyssey
 
 
 @pytest.fixture()
@@ -47,8 +46,7 @@ def test_a_corrupt_decompressed_copy_is_rebuilt_from_the_verified_shard(domain, 
     assert raw.stat().st_size == size
     assert any((a != b).any() for a, b in zip(clean, samples(domain / "train")))  # the damage reaches training
 
-    r = subprocess.run([sys.executable, "-m", "odyssey", "prep", "--validate", str(domain)], capture_output=True,
-                       text=True, timeout=300)
+    r = odyssey(["prep", "--validate", domain])
     assert r.returncode == 1
     assert (f"prose/train/{raw.name}: sha1 does not match the index (corrupt): a decompressed copy; delete it and "
             f"streaming decompresses {shard['zip_data']['basename']} again") in r.stdout

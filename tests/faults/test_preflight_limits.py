@@ -4,15 +4,13 @@ Llama trained silently on positions it never learned, a GPT-2 died with an Index
 typo in a DeepSpeed key was a pydantic traceback after the model had loaded (or, at the top level, ignored)."""
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from tests import tiny
+from tests.cli import odyssey
 from tests.unit.test_cli_errors import write_config
 
-ODYSSEY = [sys.executable, "-m", "odyssey"]
 BASE = {"model": {"path": "m"}, "data": {"streams": [{"name": "a", "path": "x"}]}}  # DeepSpeed checks need no files
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -38,8 +36,7 @@ def models(assets, tmp_path_factory):
 
 def refused(tmp_path, cfg, how, line):
     """`odyssey train cfg` --dry-run or --nproc 2 exits 2 with exactly `line`, before any rank or run folder."""
-    r = subprocess.run([*ODYSSEY, "train", str(cfg), *how.split()], capture_output=True, text=True, cwd=tmp_path,
-                       timeout=300)
+    r = odyssey(["train", cfg, *how.split()], tmp_path)  # a rank it started would print its line elsewhere
     assert r.returncode == 2, r.stdout + r.stderr
     assert [ln for ln in r.stderr.splitlines() if ln.startswith("odyssey: error")] == [f"odyssey: error: {line}"], \
         r.stderr
@@ -89,8 +86,7 @@ def test_rope_scaling_stretches_the_limit(tmp_path, assets, models):
     scaled = shutil.copytree(llama, tmp_path / "scaled")
     (scaled / "config.json").write_text(json.dumps({**config, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}))
     cfg = write_config(tmp_path, assets, assets["domains"] / "prose", model=scaled)
-    r = subprocess.run([*ODYSSEY, "train", str(cfg), "--dry-run"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    r = odyssey(["train", cfg, "--dry-run"], tmp_path)
     assert r.returncode == 0 and "seq_len           64" in r.stdout, r.stderr
 
 

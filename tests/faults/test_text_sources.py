@@ -4,8 +4,6 @@ the summary line and the manifest state every count; a source with nothing left 
 The faults are written from here: random bytes, NUL bytes, Latin-1, into a text folder or archive."""
 import json
 import random
-import subprocess
-import sys
 import tarfile
 
 from data_prep.manifest import read_manifest
@@ -13,9 +11,9 @@ from data_prep.prepare import PrepOptions, prepare_domain
 from data_prep.sources import iter_docs
 from data_prep.text_files import decode_file
 from tests import tiny
+from tests.cli import odyssey
 
 SEQ = 32
-ODYSSEY = [sys.executable, "-m", "odyssey"]
 LATIN1 = ("caf\xe9 au lait, s'il vous pla\xeet. " * 40).encode("latin-1")  # 2 bad bytes in 31: 6%
 
 
@@ -34,10 +32,8 @@ def write_binaries(folder, n: int) -> None:
 
 def prep(tmp_path, assets, source, *extra):
     """The real `odyssey prep` on one source → (completed process, its `odyssey: error` lines)."""
-    r = subprocess.run(ODYSSEY + ["prep", str(source), "--domain", "d", "--out", str(tmp_path / "out"),
-                                  "--tokenizer", str(assets["model"]), "--seq-len", str(SEQ), "--workers", "0",
-                                  "--quiet", *extra],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    r = odyssey(["prep", source, "--domain", "d", "--out", tmp_path / "out", "--tokenizer", assets["model"],
+                 "--seq-len", SEQ, "--workers", "0", "--quiet", *extra], tmp_path)
     return r, [line for line in r.stderr.splitlines() if line.startswith("odyssey: error")]
 
 

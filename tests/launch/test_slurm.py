@@ -4,7 +4,6 @@ on a real one-node SLURM: training with one task per rank and with the deepspeed
 same losses), and a study as a job array plus the dependent aggregation. The node's CPUs stand in for GPUs: two
 ranks per job, gloo."""
 import json
-import os
 import re
 import subprocess
 import sys

@@ -6,12 +6,15 @@ import pytest
 
 from data_prep.prepare import PrepOptions, prepare_domain
 from tests import tiny
+from tests.cli import in_process, odyssey
 
 ODYSSEY = [sys.executable, "-m", "odyssey"]
 
 
-def run(args, cwd):
-    r = subprocess.run(ODYSSEY + args, capture_output=True, text=True, cwd=cwd, timeout=300)
+def run(args, cwd, fresh_process=False):
+    """`odyssey ARGS` in `cwd` (in this process unless `fresh_process`) → (result, its `odyssey: error` lines)."""
+    r = subprocess.run(ODYSSEY + args, capture_output=True, text=True, cwd=cwd, timeout=300) if fresh_process \
+        else odyssey(args, cwd)
     errors = [line for line in r.stderr.splitlines() if line.startswith("odyssey: error")]
     return r, errors
 
@@ -84,7 +87,7 @@ def test_folders_named_like_our_packages_in_the_working_directory_do_not_shadow_
     from there, `python -m odyssey` must still import its own packages, and pass that on to what it starts."""
     for folder in ("study/similarity", "analysis", "trainer"):
         (tmp_path / folder).mkdir(parents=True)
-    r, errors = run(["study", "missing.yaml", "--list"], tmp_path)
+    r, errors = run(["study", "missing.yaml", "--list"], tmp_path, fresh_process=True)
     assert_one_line(r, errors, r"study file not found: missing.yaml")
 
 
@@ -92,7 +95,8 @@ def test_folders_named_like_our_packages_in_the_working_directory_do_not_shadow_
 def test_a_rank_module_refuses_what_only_the_command_does(tmp_path, option):
     """`python -m trainer.train` (what launchers start on each rank) reads `odyssey train`'s own parser, and refuses,
     in argparse's usage line, the options that start ranks or plan them."""
-    r = subprocess.run([sys.executable, "-m", "trainer.train", "run.yaml", *option.split()], capture_output=True,
-                       text=True, cwd=tmp_path, timeout=120)
+    from trainer.train import main
+
+    r = in_process(main, ["run.yaml", *option.split()], tmp_path)
     assert r.returncode == 2 and f"{option.split()[0]} is for `odyssey train`" in r.stderr, r.stderr
     assert r.stderr.startswith("usage: odyssey train")

@@ -8,7 +8,8 @@ import torch
 from trainer import engine as eng
 from trainer.dist import Dist, select_device
 from trainer.config import ConfigError
-from trainer.data import loader_workers, rank_cores
+from trainer.data import loader_workers
+from trainer.dist import rank_cores
 from trainer.meter import peak_tflops_for
 from trainer.model import resolve_attn_impl
 from trainer.step_stats import StepStats

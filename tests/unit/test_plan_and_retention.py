@@ -1,11 +1,10 @@
 """--dry-run numbers come from DeepSpeed's own estimator on the exact parameter counts of Llama-2 shapes, and
 checkpoint retention keeps the newest K plus every M-th."""
-import subprocess
-import sys
 
 import pytest
 
 from trainer import checkpoint
+from tests.cli import odyssey
 
 LLAMA2 = {  # published parameter counts
     "7b": (dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -37,8 +36,7 @@ def test_dry_run_matches_deepspeed_estimator(shapes, tmp_path, name, gpus):
     cfg = tmp_path / "p.yaml"
     cfg.write_text(f"model: {{path: {shapes / name}, dtype: bf16}}\n"
                    "data: {streams: [{name: x, path: /nowhere}], seq_len: 4096}\nrun: {max_tokens: 1000000000}\n")
-    r = subprocess.run([sys.executable, "-m", "odyssey", "train", str(cfg), "--dry-run", "--world-size",
-                        str(gpus)], capture_output=True, text=True, timeout=300)
+    r = odyssey(["train", cfg, "--dry-run", "--world-size", gpus])
     assert r.returncode == 0, r.stderr
     _, gpu, _ = estimate_zero3_model_states_mem_needs(total, largest, min(gpus, 8), gpus // min(gpus, 8),
                                                       cpu_offload=False, cpu_offload_params=False)
@@ -121,8 +119,7 @@ def test_dry_run_shows_the_stage_it_picks_and_the_micro_batch_that_fits(shapes, 
     cfg = tmp_path / "p.yaml"
     cfg.write_text(f"model: {{path: {shapes / '7b'}, dtype: bf16}}\n"
                    "data: {streams: [{name: x, path: /nowhere}], seq_len: 4096}\ndeepspeed: {stage: auto}\n")
-    r = subprocess.run([sys.executable, "-m", "odyssey", "train", str(cfg), "--dry-run", "--world-size", "8",
-                        "--device-gib", "80"], capture_output=True, text=True, timeout=300)
+    r = odyssey(["train", cfg, "--dry-run", "--world-size", "8", "--device-gib", "80"])
     assert r.returncode == 0, r.stderr
     need = estimate_zero2_model_states_mem_needs(LLAMA2["7b"][1], 8, 1, cpu_offload=False)[1]
     assert (f"zero stage        ZeRO-2 (deepspeed.stage auto: ZeRO-2 model states {need / 2**30:,.1f} GiB <= half "

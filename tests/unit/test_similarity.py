@@ -2,8 +2,6 @@
 shuffled-word copy is farther than the domain itself (and unrelated text farther still)."""
 import json
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ import pytest
 from data_prep.prepare import PrepOptions, prepare_domain
 from data_prep.similarity import MEASURES, frechet, jsd, mmd_rbf
 from tests import tiny
+from tests.cli import odyssey
 
 
 def test_measures_on_toy_inputs():
@@ -41,9 +40,8 @@ def domains(assets, tmp_path_factory):
 def test_similarity_cli_orders_domains_and_logs(domains, assets):
     paths, root = domains
     out = root / "result" / "similarity.json"
-    r = subprocess.run([sys.executable, "-m", "odyssey", "similarity", "--reference", str(paths["prose"]),
-                        "--domains", *map(str, paths.values()), "--out", str(out), "--chunks", "48"],
-                       capture_output=True, text=True, timeout=600)
+    r = odyssey(["similarity", "--reference", paths["prose"], "--domains", *paths.values(), "--out", out,
+                 "--chunks", "48"])
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())["to_reference"]
     same, shuf, code = res["prose"], res["prose_shuffled"], res["code"]
@@ -67,6 +65,5 @@ def test_similarity_cli_orders_domains_and_logs(domains, assets):
 
 
 def test_similarity_not_a_domain(tmp_path, assets):
-    r = subprocess.run([sys.executable, "-m", "odyssey", "similarity", "--reference", str(tmp_path),
-                        "--domains", str(assets["domains"] / "prose")], capture_output=True, text=True, timeout=300)
+    r = odyssey(["similarity", "--reference", tmp_path, "--domains", assets["domains"] / "prose"])
     assert r.returncode == 2 and "no manifest.json" in r.stderr

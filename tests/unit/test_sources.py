@@ -9,6 +9,7 @@ from data_prep.prepare import PrepOptions, prepare_domain
 from data_prep.shards import TOKENS, open_split
 from data_prep.sources import SourceError, iter_docs
 from tests import tiny
+from tests.cli import odyssey
 
 SEQ = 32
 
@@ -84,8 +85,6 @@ def test_worker_processes_give_identical_shards(tmp_path, assets, docs):
 
 
 def test_prep_yaml_many_domains(tmp_path, assets, docs):
-    import subprocess
-    import sys
 
     tiny.write_text_dir(tmp_path / "prose", docs)
     tiny.write_jsonl(tmp_path / "code.jsonl", tiny.code_docs(20), field="body")
@@ -98,14 +97,12 @@ domains:
   - {{name: prose, source: {tmp_path / 'prose'}, dedup: true}}
   - {{name: code, source: {tmp_path / 'code.jsonl'}, text_field: body, min_chars: 10, test: 0.3, val: 0.3}}
 """)
-    r = subprocess.run([sys.executable, "-m", "odyssey", "prep", "--config", str(tmp_path / "prep.yaml"),
-                        "--quiet"], capture_output=True, text=True, timeout=300)
+    r = odyssey(["prep", "--config", tmp_path / "prep.yaml", "--quiet"])
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "domains").iterdir()) == ["code", "prose"]
     assert "prepared domain 'code'" in r.stdout and "prepared domain 'prose'" in r.stdout
     (tmp_path / "bad.yaml").write_text("domains: [{name: x, source: y, colour: red}]\n")
-    r = subprocess.run([sys.executable, "-m", "odyssey", "prep", "--config", str(tmp_path / "bad.yaml")],
-                       capture_output=True, text=True, timeout=300)
+    r = odyssey(["prep", "--config", tmp_path / "bad.yaml"])
     assert r.returncode == 2 and "prep key 'domains.0.colour': unknown key" in r.stderr
 
 

@@ -1,12 +1,11 @@
 """The task study file (`kind: tasks`): its refusals are one line each, the runs are the tasks and their FTICL
 variants, the study's preparation defaults fill what a task left unset, and `odyssey study` dispatches on `kind`."""
-import subprocess
-import sys
 
 import pytest
 
 from data_prep.config import ConfigError, validate
 from study.task_config import TaskStudyCfg
+from tests.cli import odyssey
 
 
 def tree(**over):
@@ -48,10 +47,9 @@ def test_the_cli_dispatches_on_kind(tmp_path):
 
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(tree()))
-    r = subprocess.run([sys.executable, "-m", "odyssey", "study", str(path), "--list"], capture_output=True, text=True)
+    r = odyssey(["study", path, "--list"])
     assert r.returncode == 0 and r.stdout.split() == ["gen", "gen-fticl2", "cls", "cls-fticl2"]
-    r = subprocess.run([sys.executable, "-m", "odyssey", "study", str(path), "--dry-run"], capture_output=True,
-                       text=True)
+    r = odyssey(["study", path, "--dry-run"])
     assert r.returncode == 2 and "--dry-run plans continued-pretraining studies" in r.stderr.strip().splitlines()[-1]
 
 

@@ -12,6 +12,7 @@ from data_prep.shards import IGNORE
 from data_prep.task_examples import ENCODING
 from data_prep.tasks import TaskCfg, prepare_task
 from tests import tiny
+from tests.cli import odyssey
 
 
 def write_jsonl(path, rows):
@@ -83,8 +84,6 @@ def test_bad_task_configs(over, message):
 
 
 def test_prep_task_cli(tok, tmp_path):
-    import subprocess
-    import sys
 
     src = write_jsonl(tmp_path / "g.jsonl", [{"input": d, "output": " " + d.split()[-1]} for d in tiny.prose_docs(20)])
     spec = tmp_path / "tasks.yaml"
@@ -92,8 +91,7 @@ def test_prep_task_cli(tok, tmp_path):
                     f"template: 'Q: {{input}}\\nA:', max_len: 128}}\n")
 
     def prep(*extra):
-        return subprocess.run([sys.executable, "-m", "odyssey", "prep", "--task", str(spec), *extra],
-                              capture_output=True, text=True, timeout=300)
+        return odyssey(["prep", "--task", spec, *extra])
 
     r = prep()
     assert r.returncode == 2 and r.stderr.strip().endswith("out and tokenizer are needed (in the file, or "

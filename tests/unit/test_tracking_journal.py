@@ -3,11 +3,10 @@ sync` sends it all later, in order, once), and a resumed run does not log a step
 MLflow refuses and a crashed attempt's run do not stop what comes after; a full disk under the journal is one line,
 once, and no call goes to MLflow without its journal line."""
 import socket
-import subprocess
-import sys
 import time
 
 from trainer.journal import read_records
+from tests.cli import odyssey
 from trainer.tracking import Tracker, sync
 
 
@@ -35,8 +34,7 @@ def test_unreachable_server_then_sync_then_resume_without_duplicates(tmp_path):
     assert len(down.journal.unsent()) == 0 and len(read_records(down.journal.path)) == 9
 
     (run_dir / "config.yaml").write_text(f"tracking: {{uri: '{store}'}}\n")  # sync sends to the run's own URI
-    r = subprocess.run([sys.executable, "-m", "odyssey", "sync", str(run_dir)], capture_output=True,
-                       text=True, timeout=300)
+    r = odyssey(["sync", run_dir])
     assert r.returncode == 0 and f"sent 9 call(s) from {run_dir / 'mlflow'} to {store}" in r.stdout, r.stdout + r.stderr
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("exp").experiment_id])

@@ -2,14 +2,13 @@
 the shard, before step 1)."""
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 from data_prep.prepare import PrepOptions, prepare_domain
 from data_prep.validate import ValidationError, require_valid, validate_domain
 from tests import tiny
+from tests.cli import odyssey
 
 SEQ = 32
 
@@ -29,8 +28,7 @@ def shard(domain, split="train", i=1):
 
 
 def validate_cli(*args):
-    return subprocess.run([sys.executable, "-m", "odyssey", "prep", "--validate", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return odyssey(["prep", "--validate", *args])
 
 
 def test_sound_domain_passes(domain, assets):
@@ -94,8 +92,7 @@ def test_training_stops_before_step_1_naming_the_shard(domain, assets, tmp_path)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"model: {{path: {assets['model']}}}\ndata: {{streams: [{{name: prose, path: {domain}}}]}}\n"
                    f"run: {{out_dir: {tmp_path / 'runs'}, max_steps: 2}}\n")
-    r = subprocess.run([sys.executable, "-m", "odyssey", "train", str(cfg)], capture_output=True, text=True,
-                       timeout=300)
+    r = odyssey(["train", cfg])
     errors = [line for line in r.stderr.splitlines() if line.startswith("odyssey: error")]
     assert r.returncode == 2 and len(errors) == 1, r.stderr
     assert f"prose/test/{f.name}" in errors[0]
