@@ -23,7 +23,7 @@ from data_prep.manifest import MANIFEST, ManifestError, check_tokenizer, read_ma
 from data_prep.shards import IGNORE, INPUT_IDS, LABELS, SEGMENTS, TOKENS, open_split
 from data_prep.validate import require_valid
 from trainer.config import Config, ConfigError
-from trainer.dist import Dist, first_problem, rank_cores
+from trainer.dist import Dist, rank_cores, stop_together
 
 
 @dataclass
@@ -77,15 +77,12 @@ def check_domains(cfg: Config, tokenizer_fp: dict, dist: Dist | None = None, has
     found, failure = None, None
     try:
         found = _open_and_check(cfg, tokenizer_fp, validate=dist.local_rank == 0, hashes=hashes)
-    except Exception as err:  # every rank must hear of it, whatever it is, or the others wait
+    except (OdysseyError, OSError) as err:  # a known bad input: its line, saying where when there are ranks
+        failure = err if dist.world == 1 else f"{err} (rank {dist.rank} on {socket.gethostname()})"
+    except Exception as err:  # a bug: its traceback here, the other ranks stop with its summary
         failure = err
-    where = f" (rank {dist.rank} on {socket.gethostname()})" if dist.world > 1 else ""
-    agreed = first_problem(None if failure is None else f"{failure}{where}", dist)
-    if agreed is None:
-        return found
-    if failure is not None and (dist.world == 1 or not isinstance(failure, (OdysseyError, OSError))):
-        raise failure  # alone: as it was; a bug: its traceback here, while the other ranks stop with the line
-    raise ManifestError(agreed)
+    stop_together(failure, dist)
+    return found
 
 
 def _open_and_check(cfg: Config, tokenizer_fp: dict, validate: bool, hashes: bool

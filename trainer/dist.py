@@ -158,6 +158,8 @@ def stop_together(problem: str | Exception | None, dist: Dist) -> None:
     every rank here with that rank's line (an OdysseyError), instead of the others waiting in their next collective.
     `problem` may be this rank's own exception: an OdysseyError counts as its line; another kind (a bug) is raised
     here with its traceback, the others stopping with its summary. One small collective, never per step."""
+    if isinstance(problem, Exception) and dist.world == 1:
+        raise problem  # alone: as it is
     own = problem if isinstance(problem, Exception) and not isinstance(problem, OdysseyError) else None
     text = f"rank {dist.rank}: {type(own).__name__}: {own}" if own else problem and str(problem)
     agreed = first_problem(text, dist)

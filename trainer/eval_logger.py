@@ -12,7 +12,7 @@ from analysis.plots import degradation_curves
 from analysis.tokenstats import TokenStats, Vocab
 from data_prep.console import log
 from trainer.config import Config
-from trainer.dist import Dist, stop_together
+from trainer.dist import Dist, failure_of, stop_together
 from trainer.evaluate import DomainEval, evaluate
 from trainer.state import RunState
 from trainer.task_eval import score_task, task_set
@@ -53,13 +53,14 @@ class EvalLogger:
         if state.baseline is None:
             state.baseline = baseline_of(results)
         metrics = eval_metrics(results, state.baseline)
-        metrics.update(self.task_metrics(model, state.step))
-        problem, token_metrics, tags, files = None, {}, {}, []
+        task_metrics, problem = self.task_metrics(model, state.step)
+        metrics.update(task_metrics)
+        token_metrics, tags, files = {}, {}, []
         if self.token_stats is not None:
             try:
                 token_metrics, tags, files = self.token_stats(results, state.step)
             except Exception as err:  # a full disk, or a bug: the other ranks wait for it below
-                problem = err  # (this eval runs again on resume, its token statistics with it)
+                problem = problem or err  # (this eval runs again on resume, its token statistics with it)
         metrics.update(token_metrics)
         for key, value in tags.items():
             self.tracker.set_tag(key, value)
@@ -75,10 +76,11 @@ class EvalLogger:
         log(f"eval @ step {state.step} ({time.time() - t0:.1f}s): ppl {table}")
         return results
 
-    def task_metrics(self, model, step: int) -> dict[str, float]:
+    def task_metrics(self, model, step: int) -> tuple[dict[str, float], Exception | None]:
         """Task domains: `task/<domain>/<rouge_l|accuracy>` on the first `task.examples` held-out examples (0-shot),
-        and the mean |Δw| to the base model (`weights/mean_abs_delta`; step 0 takes the snapshot)."""
-        out, tc = {}, self.task_cfg
+        and the mean |Δw| to the base model (`weights/mean_abs_delta`; step 0 takes the snapshot, whose write
+        failing on any rank, a full disk, is returned for the eval's end to agree on)."""
+        out, tc, problem = {}, self.task_cfg, None
         for name, ts in self.task_sets.items():
             score, n = score_task(model, ts, 0, tc.examples, tc.micro_batch or self.micro_batch, self.dist,
                                   tc.max_new_tokens)
@@ -86,11 +88,11 @@ class EvalLogger:
         if self.weight_delta is not None:
             module = getattr(model, "module", model)
             if step == 0 and self.weight_delta.base is None:
-                self.weight_delta.snapshot(module)
+                problem = failure_of(self.weight_delta.snapshot, module)
                 out["weights/mean_abs_delta"] = 0.0  # curves start at the base
             elif self.weight_delta.base is not None:
                 out["weights/mean_abs_delta"] = self.weight_delta.measure(module)
-        return out
+        return out, problem
 
     def curves(self, state: RunState, name: str = "degradation.png") -> Path | None:
         """Rank 0: every eval's perplexity and ratio to step 0 against tokens seen, as curves/<name>. Every rank

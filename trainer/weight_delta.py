@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from data_prep.disk import write_atomic
 from trainer.dist import Dist
 
 
@@ -35,10 +36,13 @@ class WeightDelta:
         for name, p in model.named_parameters():
             local, n = _local(p)
             self.base[name] = local[:n].detach().to("cpu", copy=True)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(self.base, tmp)
-        tmp.replace(self.path)
+        write_atomic(self.path, self._save)
+
+    def _save(self, path: Path) -> None:
+        """torch.save through a Python file: a full disk is then an OSError (ENOSPC) that write_atomic names, not
+        the zip writer's RuntimeError."""
+        with open(path, "wb") as f:
+            torch.save(self.base, f)
 
     def load(self) -> bool:
         """On resume: the snapshot this rank wrote at step 0 (False when missing, e.g. another world size)."""

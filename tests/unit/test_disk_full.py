@@ -48,3 +48,21 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_pa
         write_atomic(target, half_then_full)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
     assert write_atomic(target, "new").read_text() == "new"
+
+
+def test_the_base_weight_snapshot_on_a_full_disk_is_one_line(tmp_path):
+    """torch.save's own zip writer reports a full disk as a RuntimeError; the snapshot writes through a Python file,
+    so the real ENOSPC of /dev/full (where its temp file points) names the snapshot's path."""
+    import torch
+
+    from trainer.dist import Dist
+    from trainer.weight_delta import WeightDelta
+
+    delta = WeightDelta(tmp_path, Dist())
+    delta.path.parent.mkdir(parents=True)
+    (delta.path.parent / f".{delta.path.stem}.tmp{delta.path.suffix}").symlink_to("/dev/full")
+    with pytest.raises(DiskFull, match=f"^no space left writing {delta.path} "):
+        delta.snapshot(torch.nn.Linear(256, 256))
+    assert list(delta.path.parent.iterdir()) == []
+    delta.snapshot(torch.nn.Linear(256, 256))
+    assert delta.load() and set(delta.base) == {"weight", "bias"}
