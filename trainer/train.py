@@ -24,7 +24,7 @@ import torch
 import yaml
 
 from data_prep.console import log
-from data_prep.disk import DiskFull, write_atomic
+from data_prep.disk import write_atomic
 from data_prep.errors import guarded
 from data_prep.manifest import tokenizer_fingerprint
 from data_prep.redact import load_env_file, redact_tree
@@ -314,12 +314,6 @@ class Trainer:
         the last eval or save), so all of them stop together before the save with its line."""
         stop_together(failure_of(self.ledger.flush) or self.tracker.write_problem, self.dist)
 
-    def _check_tracking(self) -> None:
-        """Rank 0, after the job's last agreement (the curves): its tracking met a full disk at the very end. Its
-        line and exit 2 from rank 0 alone (the writes past here are rank 0's, and no rank waits for it any more)."""
-        if self.tracker.write_problem:
-            raise DiskFull(self.tracker.write_problem)
-
     def _check_grace(self, save_s: float | None) -> None:
         """A save that cannot finish between the stop signal and SIGKILL loses everything since the last one."""
         grace = self.cfg.checkpoint.grace_s
@@ -378,16 +372,17 @@ class Trainer:
         self.eval_logger.curves(state)
         if step >= self.max_steps:
             self.tracker.end("FINISHED", self.cfg.tracking.wait_s)
-            self._check_tracking()
-            if self.dist.main:
+            problem = self.tracker.write_problem
+            if self.dist.main and not problem:
                 mark = {"step": step, "tokens_seen": state.tokens_seen}
-                write_atomic(self.run_dir / FINISHED, json.dumps(mark) + "\n")
+                problem = failure_of(write_atomic, self.run_dir / FINISHED, json.dumps(mark) + "\n")
+            stop_together(problem, self.dist)  # the job's last agreement: rank 0's last writes, on every rank
             log(f"done: {step} steps, {state.tokens_seen:,} tokens; run folder {self.run_dir}")
             return
         self.tracker.set_tag("odyssey.stopped_by", stopped_by or "run.halt_at_step")
         self.tracker.end("FAILED" if stopped_by and stopped_by.startswith("bad loss") else "KILLED",
                          self.cfg.tracking.wait_s)  # resuming sets it RUNNING again
-        self._check_tracking()
+        stop_together(self.tracker.write_problem, self.dist)
         if stopped_by:
             log(f"stopped at step {step} by {stopped_by}: checkpoint saved; continue with --resume auto")
         else:
