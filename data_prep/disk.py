@@ -41,14 +41,29 @@ def size_text(n: int) -> str:
 
 def is_full(err: BaseException | None) -> bool:
     """Whether an error, or one it was raised from (MLflow wraps SQLAlchemy, which wraps sqlite3), is a full disk."""
-    seen = 0
-    while err is not None and seen < 8:
-        if isinstance(err, OSError) and err.errno in FULL:
-            return True
-        if getattr(err, "sqlite_errorname", None) == "SQLITE_FULL" or any(t in str(err)[:2000] for t in FULL_TEXT):
-            return True
-        err, seen = getattr(err, "orig", None) or err.__cause__ or err.__context__, seen + 1
-    return False
+    return any(isinstance(e, OSError) and e.errno in FULL or getattr(e, "sqlite_errorname", None) == "SQLITE_FULL"
+               or any(t in str(e)[:2000] for t in FULL_TEXT) for e in _causes(err))
+
+
+def _causes(err: BaseException | None):
+    """The error and those it was raised from (MLflow wraps SQLAlchemy, which wraps sqlite3), at most 8."""
+    for _ in range(8):
+        if err is None:
+            return
+        yield err
+        err = getattr(err, "orig", None) or err.__cause__ or err.__context__
+
+
+def unnamed_full(err: BaseException) -> DiskFull | None:
+    """A full disk met by a write that no `writing` names (a library's own files): the line, naming the file the
+    error names if any. None when `err` is not a full disk. The last resort of `guarded`."""
+    if not is_full(err):
+        return None
+    path = next((e.filename for e in _causes(err) if isinstance(e, OSError) and e.filename), None)
+    if path is not None:
+        return disk_full(path, err)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    return DiskFull(f"no space left on a write ({first}); {AGAIN}")
 
 
 def disk_full(path: Path | str, err: BaseException | None = None) -> DiskFull:
@@ -59,10 +74,13 @@ def disk_full(path: Path | str, err: BaseException | None = None) -> DiskFull:
 
 @contextmanager
 def writing(path: Path | str):
-    """A full disk inside the block becomes `DiskFull` naming `path`; other errors pass unchanged."""
+    """A full disk inside the block becomes `DiskFull` naming `path`; other errors pass unchanged. Any error counts
+    that `is_full` recognises: libraries report ENOSPC in their own types (safetensors' SafetensorError, sqlite's)."""
     try:
         yield
-    except OSError as err:
+    except DiskFull:
+        raise
+    except Exception as err:
         if not is_full(err):
             raise
         raise disk_full(path, err) from None

@@ -23,10 +23,18 @@ class OdysseyError(Exception):
 
 def guarded(fn: Callable[[], int | None]) -> int:
     """Run `fn`; an OdysseyError becomes one line on stderr (from rank 0 only, so N ranks don't print it N times)
-    and exit code 2."""
+    and exit code 2. So does a full disk that no write of ours named (data_prep/disk.py: unnamed_full)."""
     try:
         return fn() or 0
     except OdysseyError as err:
         if console.rank() == 0 or err.rank_local:
             console.error(str(err))
+        return 2
+    except Exception as err:
+        from data_prep.disk import unnamed_full  # disk.py imports this module
+
+        full = unnamed_full(err)
+        if full is None:
+            raise
+        console.error(str(full))  # every rank: each met it in its own write
         return 2

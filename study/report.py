@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from data_prep import console
+from data_prep.disk import write_atomic  # noqa: E402
 from data_prep.similarity import MEASURES  # noqa: E402
 from study.findings import findings  # noqa: E402
 from study.report_html import section, write_html  # noqa: E402
@@ -68,8 +69,7 @@ def scatter(rows: list[dict], measure: str, corr: dict, out: Path) -> Path:
                  fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    write_atomic(out, fig.savefig)
     plt.close(fig)
     return out
 
@@ -115,7 +115,7 @@ def aggregate(study, similarity: dict[str, dict], client, tracker) -> dict:
     table = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in rows]
     summary = {"rows": table, "correlations": pooled["correlations"], "primary": primary,
                "findings": pooled["findings"], "models": per_model}
-    (out_dir / "study" / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out_dir / "study" / "summary.json", json.dumps(summary, indent=2))
     for f in sorted((out_dir / "study").glob("*.png")) + [out_dir / "study" / "summary.json"]:
         tracker.log_artifact(f, "study")
     tracker.log_artifact(report, "report")

@@ -6,6 +6,8 @@ import base64
 import html
 from pathlib import Path
 
+from data_prep.disk import write_atomic
+
 e = html.escape
 
 
@@ -70,6 +72,5 @@ perplexity at the last eval minus at step 0 (positive: worse).</p>
 {''.join(sections)}
 <h2>Similarity of all domains</h2>{''.join(img(p) for p in heatmaps)}
 <h2>Each run</h2>{per_run}</body></html>"""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    write_atomic(out, page)
     return out

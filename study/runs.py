@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.disk import write_atomic
 from data_prep.console import log
 from data_prep.errors import OdysseyError
 from data_prep.manifest import tokenizer_fingerprint
@@ -64,7 +65,7 @@ def setup_study(path: str | Path) -> tuple[StudyCfg, Tracker, dict[str, dict]]:
     tracker = Tracker(out, study.name, enabled=True)
     state["parent_run_id"] = tracker.start(study.name, state.get("parent_run_id"), tags={"study": study.name},
                                            wait=True)
-    state_path.write_text(json.dumps(state, indent=2))
+    write_atomic(state_path, json.dumps(state, indent=2))
     log(f"study {study.name}: parent MLflow run {tracker.run_id} at {tracker.uri}", tag="study")
     similarity, measured = {}, {}
     for model in study.model_list:

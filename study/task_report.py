@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from analysis.plots import save  # noqa: E402
+from data_prep.disk import write_atomic  # noqa: E402
 from analysis.task_scores import cell_kind  # noqa: E402
 from study.report_html import img, e  # noqa: E402
 
@@ -81,8 +82,7 @@ accuracy for classification. I = in-domain, O = out-of-domain, X = cross-task.</
 <table><tr><th>model</th><th>shots</th><th>in-domain</th><th>out-of-domain</th><th>cross-task</th></tr>{gains}</table>
 <h2>The matrix</h2>{_matrix_table(result['cells'])}{img(study.out / 'matrix' / 'heatmap.png')}
 <h2>Training curves</h2>{img(curves)}</body></html>"""
-    path = out / "index.html"
-    path.write_text(page)
+    path = write_atomic(out / "index.html", page)
     tracker.log_artifact(path, "report")
     tracker.log_artifact(curves, "report")
     return path

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.disk import write_atomic
 from data_prep.console import log
 from data_prep.manifest import read_manifest, tokenizer_fingerprint
 from data_prep.task_examples import ENCODING
@@ -78,7 +79,7 @@ def setup(path: str | Path, study: TaskStudyCfg) -> tuple[Tracker, dict[str, Pat
     tracker = Tracker(out, study.name, enabled=True)
     state["parent_run_id"] = tracker.start(study.name, state.get("parent_run_id"),
                                            tags={"study": study.name, "kind": "tasks"}, wait=True)
-    state_path.write_text(json.dumps(state, indent=2))
+    write_atomic(state_path, json.dumps(state, indent=2))
     log(f"task study {study.name}: {len(study.run_keys)} runs; parent MLflow run {tracker.run_id} at {tracker.uri}",
         tag="study")
     for key, task, k in study.variants():

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep.disk import free_bytes, size_text
+from data_prep.disk import free_bytes, size_text, write_atomic
 from data_prep.errors import OdysseyError
-from trainer.dist import Dist
+from trainer.dist import Dist, failure_of, stop_together
 
 COMPLETE = "COMPLETE"
 LATEST = "latest"
@@ -299,9 +299,8 @@ def check_shared(run_dir: Path, dist: Dist) -> None:
         return
     rank, device = dist.rank, dist.device
     stamp = time.time_ns()
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / f".shared-{stamp}").write_text("")
+    probe = run_dir / f".shared-{stamp}"
+    stop_together(failure_of(write_atomic, probe, b"") if rank == 0 else None, dist)  # a full disk: every rank stops
     shared = torch.tensor([stamp if rank == 0 else 0], dtype=torch.int64, device=device)
     torch.distributed.broadcast(shared, src=0)  # rank 0 enters it after writing the probe
     probe = run_dir / f".shared-{int(shared.item())}"

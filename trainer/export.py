@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from data_prep.disk import writing
 from trainer import checkpoint
 from trainer.checkpoint import CheckpointError
 
@@ -69,10 +70,12 @@ def export(ckpt: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bo
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or model_cfg["path"]).save_pretrained(tmp)
-        (tmp / "odyssey_export.yaml").write_text(yaml.safe_dump(
-            {"checkpoint": str(root / tag), "run": str(run_dir), "dtype": dtype, "seconds": round(time.time() - t0, 2)}))
+        with writing(out):  # a full disk: one line naming the export, and no folder left half-written
+            model.save_pretrained(tmp, safe_serialization=True)
+            AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or model_cfg["path"]).save_pretrained(tmp)
+            (tmp / "odyssey_export.yaml").write_text(yaml.safe_dump(
+                {"checkpoint": str(root / tag), "run": str(run_dir), "dtype": dtype,
+                 "seconds": round(time.time() - t0, 2)}))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

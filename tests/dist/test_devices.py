@@ -51,9 +51,10 @@ tracking: {{experiment: test}}
         # at start: every rank sees the run folder rank 0 writes (a broadcast, then an all_reduce)
         assert len([rec for rec in seen["records"] if rec["site"] == "checkpoint.py:check_shared"]) == 2
         # the ranks learn whether any rank failed (one all_reduce each; a broadcast only if one did): the shard
-        # checks and the first writes at start, each eval's writes (steps 0, 2, 3), each rank's ledger before each
-        # save (steps 2, 3), the curves at the end, and rank 0's last writes (its tracking, the FINISHED mark)
-        assert [rec["op"] for rec in seen["records"] if rec["site"] == "dist.py:first_problem"] == ["all_reduce"] * 9
+        # checks, rank 0's probe of the run folder and the first writes at start, each eval's writes (steps 0, 2, 3),
+        # each rank's ledger before each save (steps 2, 3), the curves at the end, and rank 0's last writes (its
+        # tracking, the FINISHED mark)
+        assert [rec["op"] for rec in seen["records"] if rec["site"] == "dist.py:first_problem"] == ["all_reduce"] * 10
         assert set(sites) == {"step_stats.py:agree", "evaluate.py:evaluate", "checkpoint.py:check_room",
                               "checkpoint.py:check_shared", "dist.py:first_problem"}, sites
         assert all(devices == {device} for devices in sites.values()), (device, sites)

@@ -66,3 +66,32 @@ def test_the_base_weight_snapshot_on_a_full_disk_is_one_line(tmp_path):
     assert list(delta.path.parent.iterdir()) == []
     delta.snapshot(torch.nn.Linear(256, 256))
     assert delta.load() and set(delta.base) == {"weight", "bias"}
+
+
+def test_a_library_s_own_full_disk_error_is_one_line(tmp_path, capsys):
+    """safetensors and others report ENOSPC in their own types: `writing` names the path it guards, and the command
+    guard turns one that nothing named into the line too (the file the OSError names, else the error's first
+    line); any other error keeps its traceback."""
+    from data_prep.errors import guarded
+
+    class SafetensorError(Exception):
+        pass
+
+    full = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space '
+                           'left on device" })')
+    with pytest.raises(DiskFull, match=f"^no space left writing {tmp_path / 'hf'} "):
+        with writing(tmp_path / "hf"):
+            raise full
+
+    def fill_dev_full():
+        with open("/dev/full", "wb") as f:
+            f.write(b"x" * 100_000)
+
+    for fn, line in ((fill_dev_full, "no space left on a write ([Errno 28] No space left on device); free space"),
+                     (lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device", "/x/y")),
+                      "no space left writing /x/y (")):
+        assert guarded(fn) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(f"odyssey: error: {line}"), err
+    with pytest.raises(ValueError):
+        guarded(lambda: int("x"))
