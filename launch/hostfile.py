@@ -21,7 +21,8 @@ import zlib
 from pathlib import Path
 
 from data_prep import console
-from data_prep.errors import OdysseyError, guarded
+from data_prep.errors import OdysseyError
+from data_prep.guard import guarded
 
 
 DEFAULT_PORT = 29500  # torch's and DeepSpeed's rendezvous port

@@ -16,7 +16,7 @@ from odyssey.own_packages import check_own_packages
 check_own_packages()  # before importing them: a stranger's `trainer` would fail below, or half-work
 
 from data_prep import cli as prep_cli  # noqa: E402
-from data_prep.errors import guarded  # noqa: E402
+from data_prep.guard import guarded  # noqa: E402
 from study import cli as study_cli  # noqa: E402
 from trainer import cli as trainer_cli  # noqa: E402
 

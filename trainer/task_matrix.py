@@ -29,7 +29,7 @@ from analysis.task_scores import cell_kind, generalization
 from data_prep.config import Section, read_yaml, validate
 from data_prep.console import log
 from data_prep.disk import DiskFull, append, write_atomic
-from data_prep.errors import guarded
+from data_prep.guard import guarded
 from data_prep.task_examples import placeholders
 from data_prep.tasks import template_list
 from trainer.args import matrix_arguments, rank_args

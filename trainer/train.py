@@ -25,7 +25,7 @@ import yaml
 
 from data_prep.console import log
 from data_prep.disk import write_atomic
-from data_prep.errors import guarded
+from data_prep.guard import guarded
 from data_prep.manifest import tokenizer_fingerprint
 from data_prep.redact import load_env_file, redact_tree
 from trainer import checkpoint

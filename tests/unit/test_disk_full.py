@@ -72,7 +72,7 @@ def test_a_library_s_own_full_disk_error_is_one_line(tmp_path, capsys):
     """safetensors and others report ENOSPC in their own types: `writing` names the path it guards, and the command
     guard turns one that nothing named into the line too (the file the OSError names, else the error's first
     line); any other error keeps its traceback."""
-    from data_prep.errors import guarded
+    from data_prep.guard import guarded
 
     class SafetensorError(Exception):
         pass
