@@ -2,13 +2,12 @@
 Qwen2 (Mistral-style grouped-query attention, with qkv biases); Llama is what the other tests train. Each trains under 2-rank ZeRO-3, evaluates, halts
 with a checkpoint at step 1, resumes to step 2, and exports to a HF folder that scores the test split as the engine
 did. OLMo-2 runs with `deepspeed.stage: auto`, which picks ZeRO-2 for it (the other tests run ZeRO-3)."""
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from tests.dist.helpers import client_and_run, history, run
+from tests.cli import odyssey
 
 pytestmark = pytest.mark.slow
 
@@ -65,8 +64,7 @@ def test_architecture_trains_resumes_and_exports(arch, assets, tmp_path):
     assert sorted(evals) == [0, 1, 2] and all(np.isfinite(list(evals.values())))
     assert sorted(history(client, runs[0].info.run_id, "train/loss")) == [1, 2]
 
-    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(tmp_path / "r"), str(tmp_path / "hf")],
-                       capture_output=True, text=True, timeout=600)
+    r = odyssey(["export", str(tmp_path / "r"), str(tmp_path / "hf")])
     assert r.returncode == 0, r.stderr[-3000:]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     assert type(model).__name__.lower().startswith(arch)

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from tests.dist.helpers import client_and_run, history, run, start_ranks, wait_ranks
+from tests.cli import odyssey
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +47,7 @@ tracking: {{experiment: test}}
     r = subprocess.run([sys.executable, "-m", "odyssey", "eval", "--checkpoints", str(tmp_path / "w" / "checkpoints")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "no new complete checkpoint" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "odyssey", "eval", "--checkpoints", str(tmp_path / "nope")],
-                       capture_output=True, text=True, timeout=300)
+    r = odyssey(["eval", "--checkpoints", tmp_path / "nope"])
     assert r.returncode == 2 and "checkpoints folder not found" in r.stderr
 
 
@@ -64,8 +64,7 @@ tracking: {{experiment: test}}
 """)
     run(cfg)
     hf = tmp_path / "hf_ckpts"
-    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(tmp_path / "h"), str(hf / "step_4")],
-                       capture_output=True, text=True, timeout=600)
+    r = odyssey(["export", str(tmp_path / "h"), str(hf / "step_4")])
     assert r.returncode == 0, r.stderr[-2000:]
     r = subprocess.run([sys.executable, "-m", "odyssey", "eval", "--checkpoints", str(hf), "--config",
                         str(tmp_path / "h" / "config.yaml"), "--new-run"], capture_output=True, text=True, timeout=600)

@@ -13,6 +13,7 @@ import pytest
 from data_prep.config import validate
 from data_prep.tasks import TaskCfg, prepare_task
 from tests import tiny
+from tests.cli import odyssey
 from tests.dist.helpers import client_and_run, free_port, history, run
 
 pytestmark = pytest.mark.slow
@@ -63,8 +64,7 @@ tracking: {{experiment: test}}
     lm_cfg = tmp_path / "lm.yaml"
     lm_cfg.write_text(run_cfg.read_text().replace(str(tmp_path / "tasks" / "first_word"),
                                                   str(assets["domains"] / "prose")).replace("name: ft,", "name: lm,"))
-    r = subprocess.run([sys.executable, "-m", "odyssey", "finetune", str(lm_cfg), "--nproc", "2"],
-                       capture_output=True, text=True, timeout=300)
+    r = odyssey(["finetune", lm_cfg, "--nproc", "2"])
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
         "odyssey: error: odyssey finetune trains on task data"), r.stderr[-2000:]
 
@@ -137,7 +137,7 @@ micro_batch: 4
     r = subprocess.run(cli + [str(single)], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "-shot:" not in r.stdout  # every cell was scored before
     matrix.write_text(matrix.read_text().replace("shots: [0, 1]", "shots: [0, 200]"))
-    r = subprocess.run(cli + [str(matrix)], capture_output=True, text=True, timeout=300)
+    r = odyssey(["evaluate-tasks", matrix])
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
         f"odyssey: error: test set 'first_word': 200-shot needs 200 demonstrations; the training split of "
         f"{tasks / 'first_word'} has {json.loads((tasks / 'first_word' / 'manifest.json').read_text())['splits']['train']['samples']} (set demos_from)")

@@ -4,12 +4,12 @@ line. (Architectures other than Llama: tests/dist/test_architectures.py.)"""
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from tests.dist.helpers import client_and_run, cmd, history, run, run_wrapped
+from tests.cli import odyssey
 
 pytestmark = pytest.mark.slow
 
@@ -89,8 +89,7 @@ def test_export_round_trip(base, assets, tmp_path):
     from data_prep.shards import TOKENS, open_split
 
     cfg, out = base
-    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(out / "straight"), str(tmp_path / "hf")],
-                       capture_output=True, text=True, timeout=600)
+    r = odyssey(["export", str(out / "straight"), str(tmp_path / "hf")])
     assert r.returncode == 0, r.stderr[-3000:]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     assert AutoTokenizer.from_pretrained(tmp_path / "hf").eos_token == "<eos>"
@@ -102,11 +101,9 @@ def test_export_round_trip(base, assets, tmp_path):
     client, runs = client_and_run(out / "straight")
     engine_loss = history(client, runs[0].info.run_id, "eval/prose/loss")[8]
     assert loss == pytest.approx(engine_loss, abs=1e-5)
-    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(out / "straight"), str(tmp_path / "hf")],
-                       capture_output=True, text=True, timeout=600)
+    r = odyssey(["export", str(out / "straight"), str(tmp_path / "hf")])
     assert r.returncode == 2 and "already exists" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(out / "straight"), str(tmp_path / "bf"),
-                        "--dtype", "bf16"], capture_output=True, text=True, timeout=600)
+    r = odyssey(["export", str(out / "straight"), str(tmp_path / "bf"), "--dtype", "bf16"])
     assert r.returncode == 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "bf", dtype="auto").dtype == torch.bfloat16
 

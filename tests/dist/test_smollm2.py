@@ -1,13 +1,12 @@
 """The real SmolLM2-135M (fetched from PyPI and converted by demo/assets.py) under 2-rank ZeRO-3: halt + resume gives
 the uninterrupted run's losses, and the export loads with from_pretrained and scores the same loss."""
-import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.dist.helpers import run
 from tests.dist.test_production import losses
+from tests.cli import odyssey
 
 pytestmark = pytest.mark.slow
 
@@ -48,8 +47,7 @@ def test_smollm2_resume_and_export(smol):
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-6), step
     t0 = time.time()
-    e = subprocess.run([sys.executable, "-m", "odyssey", "export", str(root / "straight"), str(root / "hf")],
-                       capture_output=True, text=True, timeout=900)
+    e = odyssey(["export", str(root / "straight"), str(root / "hf")])
     export_s = time.time() - t0
     assert e.returncode == 0, e.stderr[-3000:]
     print(f"\nSmolLM2-135M, 2 ranks: 4-step run {straight_s:.0f}s; {load_line.strip()}; export {export_s:.0f}s")

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from tests import tiny
+from tests.cli import odyssey
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +21,11 @@ pytestmark = pytest.mark.slow
 def study(path, *args):
     return subprocess.run([sys.executable, "-m", "odyssey", "study", str(path), *args], capture_output=True,
                           text=True, timeout=1500)
+
+
+def planned(path, *args):
+    """A study command that trains nothing (a refusal, a dry run), in this process."""
+    return odyssey(["study", path, *args])
 
 
 def second_model(assets, root):
@@ -59,12 +65,12 @@ def test_two_models_prepare_run_aggregate_and_restart(assets, tmp_path):
     text = write_study(assets, tmp_path, TRAIN)
     cfg = tmp_path / "study.yaml"
     cfg.write_text(text.replace(str(tmp_path / "s"), str(tmp_path / "missing")))
-    r = study(cfg)  # a bad source stops the study before any training, with one line
+    r = planned(cfg)  # a bad source stops the study before any training, with one line
     error = f"odyssey: error: source not found: {tmp_path / 'missing'}"
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [error], r.stderr[-2000:]
     assert not (tmp_path / "study").exists()  # nothing prepared or tracked for a study that never started
     cfg.write_text(text)
-    r = study(cfg, "--dry-run")  # before the setup: memory and cost per model, the data not prepared yet
+    r = planned(cfg, "--dry-run")  # before the setup: memory and cost per model, the data not prepared yet
     assert r.returncode == 0, r.stderr[-3000:]
     assert "not prepared yet" not in r.stdout  # max_steps fixes each run's tokens: 4 steps x 2 x 64
     assert r.stdout.count(f"{4 * 2 * 64:>15,}") == 6 and "model states/device" in r.stdout
@@ -124,7 +130,7 @@ def test_two_models_prepare_run_aggregate_and_restart(assets, tmp_path):
 
     # one epoch per run instead: after the setup the plan counts each run's steps over its prepared train split
     cfg.write_text(text.replace("run: {max_steps: 4}", "run: {epochs: 1}"))
-    r = study(cfg, "--dry-run", "--world-size", "2", "--gpus-per-node", "2")
+    r = planned(cfg, "--dry-run", "--world-size", "2", "--gpus-per-node", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     for d in prepared:
         samples = json.loads((d / "code" / "manifest.json").read_text())["splits"]["train"]["samples"]

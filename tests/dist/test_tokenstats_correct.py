@@ -2,8 +2,6 @@
 recomputation to 1e-4: a plain single-process HF forward of the base model and of the exported final checkpoint,
 summed with plain Python."""
 import json
-import subprocess
-import sys
 from collections import defaultdict
 
 import numpy as np
@@ -12,6 +10,7 @@ import pytest
 import torch
 
 from tests.dist.helpers import client_and_run, history, run
+from tests.cli import odyssey
 
 pytestmark = pytest.mark.slow
 N_EVAL = 9  # odd: one rank pads
@@ -40,8 +39,7 @@ eval: {{interval: 0, max_samples: {N_EVAL}, top_k: 5}}
 tracking: {{experiment: test}}
 """)
     run(cfg)
-    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(tmp_path / "t"), str(tmp_path / "hf")],
-                       capture_output=True, text=True, timeout=600)
+    r = odyssey(["export", str(tmp_path / "t"), str(tmp_path / "hf")])
     assert r.returncode == 0, r.stderr
     ds = open_split(assets["domains"] / "prose" / "test")
     tokens = np.stack([ds[i][TOKENS] for i in range(N_EVAL)]).astype(np.int64)

@@ -15,6 +15,7 @@ import pytest
 
 from data_prep.disk import DiskFull, append, write_atomic
 from tests.dist.helpers import ROOT, client_and_run, run_wrapped, wrapped
+from tests.cli import odyssey
 from trainer.journal import read_records
 from trainer.ledger import read as read_ledger
 
@@ -68,8 +69,7 @@ def test_no_room_for_the_next_checkpoint_keeps_the_last_one(tmp_path, assets, sm
     assert f"no room to save step 4 in {ckpts}" in errors(r)[0] and "step_00000002" in errors(r)[0]
     assert (ckpts / "latest").read_text() == "step_00000002"
     assert [p.name for p in ckpts.glob("step_*")] == ["step_00000002"]
-    r = subprocess.run([sys.executable, "-m", "odyssey", "export", str(tmp_path / "fills"), str(tmp_path / "hf")],
-                       capture_output=True, text=True, timeout=600)
+    r = odyssey(["export", str(tmp_path / "fills"), str(tmp_path / "hf")])
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "hf" / "config.json").is_file()
 
