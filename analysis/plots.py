@@ -5,6 +5,7 @@ from pathlib import Path
 
 import matplotlib
 
+from analysis.stability import stability_gap
 from data_prep.disk import write_atomic
 
 matplotlib.use("Agg")
@@ -31,18 +32,34 @@ def degradation_curves(history: list[dict], train_domains: list[str], out: Path)
         style = {"marker": "o", "linewidth": 3 if trained else 1.5, "zorder": 3 if trained else 2,
                  "label": f"{name} (trained)" if trained else name}
         ax_ppl.plot(xs, [h["ppl"][name] for h in history], **style)
-        ax_ratio.plot(xs, [h["ppl_ratio"][name] for h in history], **style)
+        ratios = [h["ppl_ratio"][name] for h in history]
+        line, = ax_ratio.plot(xs, ratios, **style)
+        mark_gap(ax_ratio, [h["step"] for h in history], xs, ratios, line.get_color())
     ax_ppl.set_yscale("log")
     ax_ppl.set_ylabel("perplexity (log scale)")
     ax_ppl.set_title("Perplexity per domain")
     ax_ratio.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     ax_ratio.set_ylabel("perplexity / perplexity at step 0")
-    ax_ratio.set_title("Against the base model (above 1: worse)")
+    ax_ratio.set_title("Against the base model (above 1: worse)\n+x% @ step: the stability gap; star: back at base",
+                       fontsize=10)
     for ax in (ax_ppl, ax_ratio):
         ax.set_xlabel("tokens seen")
         ax.grid(True, alpha=0.3)
     ax_ratio.legend(loc="best", fontsize=9)
     return save(fig, out)
+
+
+def mark_gap(ax, steps: list[int], xs: list, ratios: list[float], color) -> None:
+    """The stability gap on a ratio curve: its depth at the worst eval, a star where the domain is back at base."""
+    gap = stability_gap(steps, ratios)
+    if gap["depth"] <= 0:
+        return
+    worst = steps.index(gap["worst_step"])
+    ax.annotate(f"+{gap['depth']:.1%} @ {gap['worst_step']}", (xs[worst], ratios[worst]), color=color, fontsize=8,
+                textcoords="offset points", xytext=(4, 6))
+    if gap["recovery_step"] is not None:
+        back = steps.index(gap["recovery_step"])
+        ax.plot([xs[back]], [ratios[back]], marker="*", markersize=12, color=color, zorder=4)
 
 
 def similarity_heatmaps(pairwise: dict, out: Path, measures: tuple[str, ...]) -> Path:

@@ -8,6 +8,8 @@ Definitions (docs/ANALYSIS.md):
 - topk_share = (sum of the k largest Δ_v in the direction of the total change) / (total Δ). With total Δ > 0 (the
   domain got worse) these are the (at most) k ids with the largest positive Δ_v; with total Δ < 0 the k most negative.
 - category share = (sum of Δ_v over the ids of a category) / (total Δ); the shares of all categories sum to 1.
+- transitions (analysis/transitions.py): each position low or high against a threshold on the base losses, under the
+  base model and now (ll, lh, hl, hh); the share of positions and of the total Δ in each class.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import numpy as np
 
 from analysis.baseline import BaselineCache
 from analysis.plots import token_report
+from analysis.transitions import CLASSES, low_to_high, low_to_high_markdown, threshold_of, transitions
 from data_prep.console import log
 from data_prep.disk import write_atomic
 
@@ -70,6 +73,14 @@ class Vocab:
         text = piece_texts(tokenizer)
         cats = np.array([CATEGORIES.index(categorize(t, function_words)) for t in text], dtype=np.int8)
         return cls(text, cats)
+
+    def shown(self, i: int) -> str:
+        """Id i's text, escaped; with category_name, what analysis/transitions.py reads (it imports nothing here:
+        this module imports it)."""
+        return escape(self.text[i])
+
+    def category_name(self, i: int) -> str:
+        return CATEGORIES[self.category[i]]
 
 
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
@@ -174,10 +185,13 @@ def table_frame(summary: dict, vocab: Vocab):
 
 class TokenStats:
     """Token statistics of one eval against step 0, per domain: at step 0 the per-token losses are cached; later the
-    per-id, per-category and per-position comparison is written under <run_dir>/tokens/<domain>/step_<N>.*"""
+    per-id, per-category, per-position and transition comparison is written under <run_dir>/tokens/<domain>/step_<N>.*
+    `threshold`: (kind, value) of the low/high loss threshold, transitions.threshold_of."""
 
-    def __init__(self, run_dir: Path, cache: BaselineCache, vocab: Vocab, top_k: int):
+    def __init__(self, run_dir: Path, cache: BaselineCache, vocab: Vocab, top_k: int,
+                 threshold: tuple[str, float] = ("quantile", 0.5)):
         self.run_dir, self.cache, self.vocab, self.top_k = Path(run_dir), cache, vocab, top_k
+        self.threshold = threshold
 
     def __call__(self, results: dict, step: int) -> tuple[dict[str, float], dict[str, str], list[tuple[Path, str]]]:
         """(metrics, tags, [(file, artifact folder)]) for one eval; `results[name]` has .targets and .losses."""
@@ -198,8 +212,16 @@ class TokenStats:
             metrics[f"tokens/{name}/topk_share"] = summary["topk_share"]
             for cat, share in summary["category_share"].items():
                 metrics[f"tokens/{name}/cat/{cat}_share"] = share
+            summary.update(self._transitions(r.targets, base, r.losses))
+            metrics.update(transition_metrics(name, summary["transitions"]))
             files += [(f, f"tokens/{name}") for f in self._write(summary, name, step)]
         return metrics, tags, files
+
+    def _transitions(self, targets: np.ndarray, base: np.ndarray, current: np.ndarray) -> dict:
+        """The transition shares and the low→high tokens, against a threshold on this domain's base losses."""
+        threshold = threshold_of(base[targets >= 0], *self.threshold)
+        return {"transitions": transitions(targets, base, current, self.vocab.category, threshold, CATEGORIES),
+                "low_to_high": low_to_high(targets, base, current, threshold, self.vocab, self.top_k)}
 
     def _write(self, summary: dict, name: str, step: int) -> list[Path]:
         """Each file whole or not at all (a full disk: DiskFull naming it); the eval is run again on resume."""
@@ -207,7 +229,21 @@ class TokenStats:
         frame = table_frame(summary, self.vocab)
         write_atomic(folder / f"step_{step}.parquet", lambda tmp: frame.to_parquet(tmp, index=False))
         keep = ("total_delta", "tokens", "topk_share", "category_share", "category_count", "top_degrading",
-                "top_improving", "position")
+                "top_improving", "position", "transitions", "low_to_high")
         write_atomic(folder / f"step_{step}.json", json.dumps({k: summary[k] for k in keep}, indent=1))
         token_report(summary, name, step, folder / f"step_{step}.png")
-        return [folder / f"step_{step}.{suffix}" for suffix in ("parquet", "json", "png")]
+        table = low_to_high_markdown(summary["low_to_high"], name, step, summary["transitions"]["threshold"])
+        write_atomic(folder / f"step_{step}_low_to_high.md", table)
+        return [folder / f"step_{step}.{suffix}" for suffix in ("parquet", "json", "png")] + \
+            [folder / f"step_{step}_low_to_high.md"]
+
+
+def transition_metrics(name: str, result: dict) -> dict[str, float]:
+    """tokens/<name>/<class>_share, <class>_dloss_share, transition_threshold and cat/<category>/<class>_share."""
+    out = {f"tokens/{name}/transition_threshold": result["threshold"]}
+    for c in CLASSES:
+        out[f"tokens/{name}/{c}_share"] = result["share"][c]
+        out[f"tokens/{name}/{c}_dloss_share"] = result["dloss_share"][c]
+        for cat, per in result["category"].items():
+            out[f"tokens/{name}/cat/{cat}/{c}_share"] = per["share"][c]
+    return out

@@ -65,7 +65,10 @@ class OptimCfg(Section):
     eps: float = 1e-8
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_steps: int = Field(default=0, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    # after the warmup: cosine or linear decay to min_lr_ratio over the rest of the run, constant, or wsd
+    # (warmup-stable-decay: the peak LR until the last decay_fraction of the steps, then linear to min_lr_ratio)
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    decay_fraction: float = Field(default=0.1, gt=0, le=1)  # wsd only
     grad_clip: float = Field(default=1.0, ge=0)  # 0 disables clipping
     accumulation: int = Field(default=1, gt=0)
     # A micro-batch whose loss is not finite, or above spike_factor x the running mean loss, makes its optimizer step
@@ -103,6 +106,19 @@ class EvalDomainCfg(Section):
     path: str
 
 
+class TransitionCfg(Section):
+    """Where a token's loss counts as high for the transition shares (analysis/transitions.py): a quantile of the base
+    model's token losses on each domain (default: its median), or an absolute loss in nats."""
+    threshold: Literal["quantile", "absolute"] = "quantile"
+    value: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _quantile_below_one(self) -> "TransitionCfg":
+        if self.threshold == "quantile" and self.value >= 1:
+            raise ValueError(f"a quantile threshold lies in (0, 1), not {self.value}")
+        return self
+
+
 class EvalCfg(Section):
     interval: int = Field(default=50, ge=0)  # 0: only the baseline (step 0) and the final step
     domains: list[EvalDomainCfg] = Field(default_factory=list)  # the training streams are always added
@@ -113,6 +129,7 @@ class EvalCfg(Section):
     token_stats: bool = True  # per-token statistics against the step-0 baseline at every eval (docs/ANALYSIS.md)
     top_k: int = Field(default=20, gt=0)
     function_words: list[str] | None = None  # the "function_words" category; default: an English list
+    transitions: TransitionCfg = Field(default_factory=TransitionCfg)  # low/high: the tokens/<d>/{ll,lh,hl,hh} shares
 
 
 class TaskEvalCfg(Section):

@@ -38,17 +38,25 @@ def resolve_ds_path(name_or_path: str) -> Path:
 
 
 class LrSchedule:
-    """Linear warmup from 0, then cosine or linear decay to min_lr_ratio, or constant. A callable object (not a lambda)
-    so LambdaLR's state_dict stays picklable in checkpoints."""
+    """Linear warmup from 0 (the re-warming of continued pretraining), then cosine or linear decay to min_lr_ratio,
+    constant, or WSD: warmup, stable at the peak, then a linear decay to min_lr_ratio over the last `decay_fraction`
+    of the steps (Hu et al. 2024, arXiv 2404.06395). A callable object (not a lambda) so LambdaLR's state_dict stays
+    picklable in checkpoints."""
 
-    def __init__(self, kind: str, warmup: int, total: int, min_ratio: float):
+    def __init__(self, kind: str, warmup: int, total: int, min_ratio: float, decay_fraction: float = 0.1):
         self.kind, self.warmup, self.total, self.min_ratio = kind, warmup, total, min_ratio
+        self.decay_fraction = decay_fraction
 
     def __call__(self, step: int) -> float:
         if step < self.warmup:
             return (step + 1) / (self.warmup + 1)
         if self.kind == "constant":
             return 1.0
+        if self.kind == "wsd":
+            decay_steps = max(1, round(self.decay_fraction * self.total))
+            start = max(self.warmup, self.total - decay_steps)
+            progress = min(1.0, max(0, step - start) / max(1, self.total - start))
+            return 1 - (1 - self.min_ratio) * progress
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         shape = 0.5 * (1 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1 - progress
         return self.min_ratio + (1 - self.min_ratio) * shape
@@ -253,7 +261,8 @@ def build_engine(cfg: Config, ds_config: dict, load_model, total_steps: int):
     if dschf is not None and not all(hasattr(p, "ds_id") for p in model.parameters()):
         # from_pretrained built full tensors: every rank would hold the whole model at once.
         raise RuntimeError("ZeRO-3 sharded init did not apply while loading the model (HfDeepSpeedConfig inactive)")
-    schedule = LrSchedule(cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio)
+    schedule = LrSchedule(cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.min_lr_ratio,
+                           cfg.optim.decay_fraction)
     # A callable scheduler is bound to DeepSpeed's wrapped optimizer, stepped by engine.step() and saved in checkpoints.
     engine, _, _, scheduler = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=ds_config,

@@ -9,6 +9,7 @@ from pathlib import Path
 from analysis.baseline import BaselineCache, model_hash
 from analysis.metrics import baseline_of, eval_metrics, function_words
 from analysis.plots import degradation_curves
+from analysis.stability import gap_metrics
 from analysis.tokenstats import TokenStats, Vocab
 from data_prep.console import log
 from trainer.config import Config
@@ -40,7 +41,8 @@ class EvalLogger:
         self.token_stats = None
         if cfg.eval.token_stats and dist.main:
             vocab = Vocab.from_tokenizer(tokenizer, function_words(cfg.eval.function_words))
-            self.token_stats = TokenStats(self.run_dir, self.cache, vocab, cfg.eval.top_k)
+            self.token_stats = TokenStats(self.run_dir, self.cache, vocab, cfg.eval.top_k,
+                                          (cfg.eval.transitions.threshold, cfg.eval.transitions.value))
 
     def evaluate_and_log(self, model, state: RunState) -> dict[str, DomainEval]:
         """Score `model` at `state.step`; the first call sets `state.baseline`. Logs metrics, token-statistics files
@@ -62,15 +64,17 @@ class EvalLogger:
             except Exception as err:  # a full disk, or a bug: the other ranks wait for it below
                 problem = problem or err  # (this eval runs again on resume, its token statistics with it)
         metrics.update(token_metrics)
+        point = {"step": state.step, "tokens_seen": state.tokens_seen or 0,
+                 "ppl": {n: r.ppl for n, r in results.items()},
+                 "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}}
+        metrics.update(gap_metrics(state.history + [point]))
         for key, value in tags.items():
             self.tracker.set_tag(key, value)
         for path, folder in files:
             self.tracker.log_artifact(path, folder)
         self.tracker.log_metrics(metrics, state.step, tokens_seen=state.tokens_seen)
         stop_together(problem or self.tracker.write_problem, self.dist)
-        state.history.append({"step": state.step, "tokens_seen": state.tokens_seen or 0,
-                              "ppl": {n: r.ppl for n, r in results.items()},
-                              "ppl_ratio": {n: metrics[f"eval/{n}/ppl_ratio"] for n in results}})
+        state.history.append(point)
         table = ", ".join(f"{n} {r.ppl:.2f}" for n, r in results.items())
         table += "".join(f", {k.split('/', 1)[1]} {v:.4g}" for k, v in metrics.items() if k.startswith(("task/", "weights/")))
         log(f"eval @ step {state.step} ({time.time() - t0:.1f}s): ppl {table}")

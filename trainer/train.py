@@ -24,6 +24,7 @@ import torch
 import yaml
 
 from data_prep.console import log
+from analysis.stability import log_spaced_steps
 from data_prep.disk import write_atomic
 from data_prep.guard import guarded
 from data_prep.manifest import tokenizer_fingerprint
@@ -71,8 +72,7 @@ warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is depreca
 def eval_steps(cfg: Config, max_steps: int) -> set[int]:
     """Steps after which to evaluate (step 0, the baseline, always runs first)."""
     if cfg.eval.log_spaced:
-        return set(np.unique(np.round(np.geomspace(1, max_steps, cfg.eval.log_spaced))).astype(int).tolist()) | {
-            max_steps}
+        return set(log_spaced_steps(max_steps, cfg.eval.log_spaced))
     if cfg.eval.interval:
         return set(range(cfg.eval.interval, max_steps + 1, cfg.eval.interval)) | {max_steps}
     return {max_steps}

@@ -85,3 +85,22 @@ tracking: {{experiment: test}}
     arts = {a.path for a in client.list_artifacts(rid, "tokens/prose")}
     assert {"tokens/prose/step_5.parquet", "tokens/prose/step_5.png", "tokens/prose/step_5.json"} <= arts
     assert runs[0].data.tags["baseline.prose.tokens"] == str(targets.size)
+
+    # transitions: each position low or high against the median of the base losses, under the base model and now
+    tau = float(np.median(cached))
+    assert history(client, rid, "tokens/prose/transition_threshold")[5] == pytest.approx(tau, abs=1e-6)
+    near = int((np.abs(cur - tau) < 1e-3).sum())  # a position this close may fall on either side of tau
+    classes = defaultdict(list)
+    for b, c in zip(cached.ravel().tolist(), cur.ravel().tolist()):
+        classes[("l" if b <= tau else "h") + ("l" if c <= tau else "h")].append(c - b)
+    for cls in ("ll", "lh", "hl", "hh"):
+        share = history(client, rid, f"tokens/prose/{cls}_share")[5]
+        assert share == pytest.approx(len(classes[cls]) / targets.size, abs=near / targets.size + 1e-9), cls
+        if not near:
+            assert history(client, rid, f"tokens/prose/{cls}_dloss_share")[5] == pytest.approx(
+                sum(classes[cls]) / total, abs=1e-4), cls
+    assert "tokens/prose/step_5_low_to_high.md" in arts
+    # the stability gap over the evals at steps 0 and 5
+    ratio = history(client, rid, "eval/prose/ppl_ratio")
+    assert history(client, rid, "stability/prose/depth")[5] == pytest.approx(max(0.0, max(ratio.values()) - 1))
+    assert history(client, rid, "stability/prose/final_ratio")[5] == pytest.approx(ratio[5])

@@ -87,3 +87,12 @@ def test_lr_schedule_shapes():
     lin = LrSchedule("linear", warmup=0, total=10, min_ratio=0.0)
     assert lin(5) == pytest.approx(0.5)
     assert LrSchedule("constant", warmup=0, total=10, min_ratio=0.0)(7) == 1.0
+
+
+def test_wsd_schedule_holds_the_peak_then_decays_over_its_fraction():
+    from trainer.engine import LrSchedule
+
+    wsd = LrSchedule("wsd", warmup=2, total=20, min_ratio=0.0, decay_fraction=0.25)  # decays over steps 15..20
+    assert wsd(0) == pytest.approx(1 / 3) and wsd(2) == 1.0 and wsd(15) == 1.0
+    assert wsd(16) == pytest.approx(0.8) and wsd(18) == pytest.approx(0.4) and wsd(20) == pytest.approx(0.0)
+    assert LrSchedule("wsd", warmup=0, total=10, min_ratio=0.1, decay_fraction=1.0)(5) == pytest.approx(0.55)
