@@ -89,6 +89,17 @@ class SimilarityCfg(Section):
     embedder: str | None = None  # a local sentence-encoder folder; default: the offline all-MiniLM-L6-v2
 
 
+class VariantCfg(Section):
+    """A remedy tried on every model and domain (`variants:` in the study file): its runs take the study's `train`
+    with the keys given here over it, and optionally replay. The first variant is the baseline the report compares
+    the others with (say `{name: plain}`)."""
+    name: str = Field(pattern=r"^[\w.-]+$")
+    train: TrainSections = Field(default_factory=TrainSections)  # only the keys given override the study's train
+    # share of training samples drawn from the model's reference train split (a second stream, proportion `replay`);
+    # Ibrahim et al. 2024 (arXiv 2403.08763): 1-5% for data like the pretraining data, 25% for shifted data
+    replay: float = Field(default=0.0, ge=0, lt=1)
+
+
 class StudyCfg(Section):
     name: str
     out_dir: str
@@ -102,6 +113,7 @@ class StudyCfg(Section):
     eval_reference: bool = True  # also evaluate the reference in every run
     eval_others: bool = True  # also evaluate the other study domains in every run (cross-domain curves)
     similarity: SimilarityCfg = Field(default_factory=SimilarityCfg)
+    variants: list[VariantCfg] | None = Field(default=None, min_length=1)  # runs are then <domain>/<variant>
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudyCfg":
@@ -117,6 +129,8 @@ class StudyCfg(Section):
                 raise ValueError(f"reference '{m.reference.name}' has the name of a study domain")
         if len({m.name for m in self.model_list}) != len(self.model_list):
             raise ValueError("study models need distinct names")
+        if self.variants and len({v.name for v in self.variants}) != len(self.variants):
+            raise ValueError("study variants need distinct names")
         for key in ("tokenizer", "overwrite"):
             if key in self.prep.model_fields_set:
                 raise ValueError(f"prep.{key} is set by the study (each model's tokenizer; a changed source re-prepares)")
@@ -133,17 +147,39 @@ class StudyCfg(Section):
         name = re.sub(r"[^\w.-]", "_", Path(self.model.path).name) or "model"
         return [StudyModel(name=name, reference=self.reference, **self.model.model_dump())]
 
-    def run_key(self, model: str, domain: str) -> str:
-        """A run's name: the domain, or model/domain in a study of several models (folders, MLflow names)."""
-        return domain if self.models is None else f"{model}/{domain}"
+    def run_key(self, model: str, domain: str, variant: str | None = None) -> str:
+        """A run's name: the domain, model/domain in a study of several models, and /variant after it in a study
+        of variants (folders, MLflow names, SLURM array tasks)."""
+        return "/".join(([model] if self.models is not None else []) + [domain] + ([variant] if variant else []))
+
+    @property
+    def variant_names(self) -> list[str | None]:
+        return [v.name for v in self.variants] if self.variants else [None]
+
+    def variant(self, name: str | None) -> VariantCfg:
+        return next((v for v in self.variants or [] if v.name == name), VariantCfg(name="plain"))
 
     @property
     def run_keys(self) -> list[str]:
-        return [self.run_key(m.name, d.name) for m in self.model_list for d in self.domains]
+        return [self.run_key(m.name, d.name, v) for m in self.model_list for d in self.domains
+                for v in self.variant_names]
+
+    def train_tree(self, variant: str | None) -> dict:
+        """The run-config sections of a variant's runs: the study's `train`, the variant's keys over it."""
+        return _merged(self.train.model_dump(mode="json", exclude_unset=True),
+                       self.variant(variant).train.model_dump(mode="json", exclude_unset=True))
 
     @property
     def out(self) -> Path:
         return Path(self.out_dir).resolve()
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """`over` on `base`, section by section (a list or a value replaces the base's)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def load_study(path: str | Path) -> StudyCfg:

@@ -60,10 +60,17 @@ def model_plan(study: StudyCfg, model: StudyModel, world: int, gpus_per_node: in
     runs = []
     for dom in study.domains:
         info = train_samples(paths[dom.name]) if dom.name in paths else None
-        steps = total_steps(cfg, p["tokens_per_step"], None if info is None else math.ceil(info[0] / world))
-        tokens = steps * p["tokens_per_step"] if steps else None
-        runs.append({"run": study.run_key(model.name, dom.name), "tokens": tokens, "steps": steps,
-                     "gpu_hours": tokens * per_token / 3600 if tokens else None, "why": why})
+        for variant in study.variant_names:  # a variant may change the batch or the run's length
+            vcfg = cfg if variant is None else config_from_dict(child_config(
+                study, model, dom.name, {n: str(paths.get(n, f"<{n}: not prepared>")) for n in names}, "dry-run",
+                "file:///dev/null", variant))
+            per_step = p["tokens_per_step"] * vcfg.data.micro_batch * vcfg.optim.accumulation // (
+                cfg.data.micro_batch * cfg.optim.accumulation)
+            samples = None if info is None else math.ceil(info[0] / (1 - study.variant(variant).replay) / world)
+            steps = total_steps(vcfg, per_step, samples)
+            tokens = steps * per_step if steps else None
+            runs.append({"run": study.run_key(model.name, dom.name, variant), "tokens": tokens, "steps": steps,
+                         "gpu_hours": tokens * per_token / 3600 if tokens else None, "why": why})
     return {"model": model.name, "path": model.path, "params": p["params"], "seq_len": seq_len,
             "tokens_per_step": p["tokens_per_step"], "memory": p["memory"],
             "gpu_hours_per_btok": 1e9 * per_token / 3600, "runs": runs, "hub_error": hub_error}
@@ -71,8 +78,9 @@ def model_plan(study: StudyCfg, model: StudyModel, world: int, gpus_per_node: in
 
 def unresolved_plan(study: StudyCfg, model: StudyModel, hub_error: hub.HubError) -> dict:
     """A model whose config cannot be had here: its rows are unknowns, and the reason is kept for the error line."""
-    runs = [{"run": study.run_key(model.name, d.name), "tokens": None, "steps": None, "gpu_hours": None,
-             "why": "the model is not available here (see its row above)"} for d in study.domains]
+    runs = [{"run": study.run_key(model.name, d.name, v), "tokens": None, "steps": None, "gpu_hours": None,
+             "why": "the model is not available here (see its row above)"} for d in study.domains
+            for v in study.variant_names]
     return {"model": model.name, "path": model.path, "params": None, "runs": runs, "hub_error": hub_error}
 
 
@@ -98,8 +106,9 @@ def _hours(x: float) -> str:
 def print_study_plan(study: StudyCfg, plans: list[dict], world: int, gpus_per_node: int, peak: float,
                      mfu: float) -> None:
     runs = [r for p in plans for r in p["runs"]]
-    console.out(f"# study {study.name}: {len(runs)} runs ({len(plans)} model(s) x {len(study.domains)} domains), world "
-                f"size {world} ({world // gpus_per_node} node(s) x {gpus_per_node} device(s))")
+    variants = f" x {len(study.variants)} variants" if study.variants else ""
+    console.out(f"# study {study.name}: {len(runs)} runs ({len(plans)} model(s) x {len(study.domains)} domains"
+                f"{variants}), world size {world} ({world // gpus_per_node} node(s) x {gpus_per_node} device(s))")
     console.out(f"# GPU-hours: training steps at {peak:g} TFLOP/s peak per device (--peak-tflops) and {mfu:.0%} MFU "
                 f"(--mfu); evals come on top")
     console.out(f"\n{'model':<16} {'parameters':>14} {'seq_len':>7} {'tokens/step':>12} {'model states/device':>20} "

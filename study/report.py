@@ -84,21 +84,24 @@ def collect_rows(study, similarity: dict[str, dict], client, parent_id: str) -> 
     rows = []
     for model in study.model_list:
         for dom in study.domains:
-            key = study.run_key(model.name, dom.name)
-            r = domain_result(client, study.name, parent_id, key, dom.name, study.out / "runs" / key)
-            r.update(model=model.name, label=key, similarity=similarity[model.name]["to_reference"][dom.name])
-            rows.append(r)
+            for variant in study.variant_names:
+                key = study.run_key(model.name, dom.name, variant)
+                r = domain_result(client, study.name, parent_id, key, dom.name, study.out / "runs" / key)
+                r.update(model=model.name, label=key, variant=variant,
+                         similarity=similarity[model.name]["to_reference"][dom.name])
+                rows.append(r)
     return rows
 
 
 def aggregate(study, similarity: dict[str, dict], client, tracker) -> dict:
     """The analysis per model and pooled, logged to the parent run; writes the report and study/summary.json."""
     out_dir, primary, top_k = study.out, study.similarity.primary, study.train.eval.top_k
-    rows = collect_rows(study, similarity, client, tracker.run_id)
+    every_row = collect_rows(study, similarity, client, tracker.run_id)
+    rows = [r for r in every_row if r["variant"] == study.variant_names[0]]  # the baseline: similarity vs Δppl
     names = [m.name for m in study.model_list]
     per_model = {n: analyse([r for r in rows if r["model"] == n], primary, top_k) for n in names}
     pooled = per_model[names[0]] if len(names) == 1 else analyse(rows, primary, top_k)
-    log_metrics(tracker, rows, pooled["correlations"], primary, per_model if len(names) > 1 else {})
+    log_metrics(tracker, every_row, pooled["correlations"], primary, per_model if len(names) > 1 else {})
     png = scatter(rows, primary, pooled["correlations"][primary], out_dir / "study" / "scatter.png")
     parts = [] if len(names) == 1 else [section(f"All {len(names)} models, pooled ({len(rows)} runs)", rows, pooled,
                                                 primary, top_k, png)]
@@ -112,14 +115,14 @@ def aggregate(study, similarity: dict[str, dict], client, tracker) -> dict:
     note = (f"{len(study.domains)} domains per model: with so few points the p-values are weak evidence; the per-run "
             f"numbers and token attribution carry the finding.")
     report = write_html(study, rows, parts, heatmaps, note, out_dir / "report" / "index.html")
-    table = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in rows]
+    table = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in every_row]
     summary = {"rows": table, "correlations": pooled["correlations"], "primary": primary,
                "findings": pooled["findings"], "models": per_model}
     write_atomic(out_dir / "study" / "summary.json", json.dumps(summary, indent=2))
     for f in sorted((out_dir / "study").glob("*.png")) + [out_dir / "study" / "summary.json"]:
         tracker.log_artifact(f, "study")
     tracker.log_artifact(report, "report")
-    for r in rows:
+    for r in every_row:
         if r["curves"].is_file():
             tracker.log_artifact(r["curves"], f"curves/{r['label']}")
     print_summary(rows, primary, pooled, per_model)

@@ -32,20 +32,27 @@ class StudyError(OdysseyError, RuntimeError):
 
 
 def child_config(study: StudyCfg, model: StudyModel, domain: str, paths: dict[str, Path], parent_id: str,
-                 tracking_uri: str) -> dict:
-    """The run config of one model on one domain: the study's train sections, that domain as the only stream, the
-    other domains and the model's reference evaluated, every path the model's own preparation."""
-    tree = study.train.model_dump(mode="json", exclude_unset=True)
+                 tracking_uri: str, variant: str | None = None) -> dict:
+    """The run config of one model on one domain (in one variant): the study's train sections with the variant's
+    over them, that domain as the stream (with the model's reference beside it at the variant's replay share), the
+    other domains and the reference evaluated, every path the model's own preparation."""
+    tree = study.train_tree(variant)
     tree["model"] = model.model_dump(mode="json", exclude={"name", "reference"})
-    tree.setdefault("data", {})["streams"] = [{"name": domain, "path": str(paths[domain])}]
+    streams = [{"name": domain, "path": str(paths[domain])}]
+    replay, reference = study.variant(variant).replay, model.reference.name
+    if replay:
+        streams = [{**streams[0], "proportion": 1 - replay},
+                   {"name": reference, "path": str(paths[reference]), "proportion": replay}]
+    tree.setdefault("data", {})["streams"] = streams
     others = [d.name for d in study.domains if d.name != domain] if study.eval_others else []
-    evals = others + ([model.reference.name] if study.eval_reference else [])
+    evals = others + ([reference] if study.eval_reference else [])
     tree.setdefault("eval", {})["domains"] = [{"name": n, "path": str(paths[n])} for n in evals]
-    key = study.run_key(model.name, domain)
-    tree.setdefault("run", {}).update({"out_dir": str((study.out / "runs" / key).parent), "name": domain})
+    key = study.run_key(model.name, domain, variant)
+    run_dir = study.out / "runs" / key
+    tree.setdefault("run", {}).update({"out_dir": str(run_dir.parent), "name": run_dir.name})
+    tags = {"mlflow.parentRunId": parent_id, "study": study.name, "domain": domain, "model": model.name}
     tree["tracking"] = {"uri": tracking_uri, "experiment": study.name, "run_name": key,
-                        "tags": {"mlflow.parentRunId": parent_id, "study": study.name, "domain": domain,
-                                 "model": model.name}}
+                        "tags": {**tags, **({"variant": variant} if variant else {})}}
     config_from_dict(tree)  # a run config that would not load fails here, before any compute
     return tree
 
@@ -70,10 +77,11 @@ def setup_study(path: str | Path) -> tuple[StudyCfg, Tracker, dict[str, dict]]:
     similarity, measured = {}, {}
     for model in study.model_list:
         for dom in study.domains:  # each run config is validated here, before any training
-            cfg_path = config_path(out, study.run_key(model.name, dom.name))
-            cfg_path.parent.mkdir(parents=True, exist_ok=True)
-            tree = child_config(study, model, dom.name, paths[model.name], tracker.run_id, tracker.uri)
-            cfg_path.write_text(yaml.safe_dump(tree, sort_keys=False))
+            for variant in study.variant_names:
+                tree = child_config(study, model, dom.name, paths[model.name], tracker.run_id, tracker.uri,
+                                    variant)
+                write_atomic(config_path(out, study.run_key(model.name, dom.name, variant)),
+                             yaml.safe_dump(tree, sort_keys=False))
         similarity[model.name] = model_similarity(study, model, paths[model.name], tokenizers[model.name], tracker,
                                                   measured)
     return study, tracker, similarity

@@ -79,3 +79,41 @@ def tokenizer_of(path):
     from data_prep.tokenize import load_tokenizer
 
     return load_tokenizer(str(path))
+
+
+def test_variants_name_the_runs_and_override_the_study_s_train_sections():
+    s = study(models=None, model={"path": "/m/a"}, train={"optim": {"lr": 1e-4, "warmup_steps": 5}},
+              variants=[{"name": "plain"}, {"name": "wsd", "train": {"optim": {"schedule": "wsd"}}},
+                        {"name": "replay", "replay": 0.25}])
+    assert s.run_keys == ["x/plain", "x/wsd", "x/replay", "y/plain", "y/wsd", "y/replay"]
+    assert s.train_tree("wsd")["optim"] == {"lr": 1e-4, "warmup_steps": 5, "schedule": "wsd"}
+    assert s.train_tree("plain")["optim"] == {"lr": 1e-4, "warmup_steps": 5}
+    assert study(models=[{"name": "a", "path": "/m/a"}], variants=[{"name": "v"}]).run_keys == ["a/x/v", "a/y/v"]
+
+
+@pytest.mark.parametrize("variants, message", [
+    ([{"name": "r", "replay": 1.0}], "variants.0.replay"),
+    ([{"name": "r", "replay": -0.1}], "variants.0.replay"),
+    ([{"name": "t", "train": {"optim": {"lrr": 1}}}], "variants.0.train.optim.lrr': unknown key"),
+    ([{"name": "t", "train": {"run": {"name": "x"}}}], "run.name is set by the study"),
+    ([{"name": "a"}, {"name": "a"}], "distinct names"),
+    ([{"name": "a/b"}], "variants.0.name"),
+])
+def test_bad_variants_are_refused(variants, message):
+    with pytest.raises(ConfigError, match=message):
+        study(variants=variants)
+
+
+def test_a_replay_variant_trains_on_the_reference_beside_the_domain(tmp_path):
+    from study.runs import child_config
+
+    s = study(models=None, model={"path": "/m/a"}, out_dir=str(tmp_path), variants=[{"name": "plain"},
+                                                                                  {"name": "r", "replay": 0.25}])
+    paths = {"x": "/d/x", "y": "/d/y", "ref": "/d/ref"}
+    tree = child_config(s, s.model_list[0], "x", paths, "parent", "file:///dev/null", "r")
+    assert tree["data"]["streams"] == [{"name": "x", "path": "/d/x", "proportion": 0.75},
+                                       {"name": "ref", "path": "/d/ref", "proportion": 0.25}]
+    assert tree["run"] == {"out_dir": str(tmp_path / "runs" / "x"), "name": "r"}
+    assert tree["tracking"]["run_name"] == "x/r" and tree["tracking"]["tags"]["variant"] == "r"
+    plain = child_config(s, s.model_list[0], "x", paths, "parent", "file:///dev/null", "plain")
+    assert plain["data"]["streams"] == [{"name": "x", "path": "/d/x"}]
