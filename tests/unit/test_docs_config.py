@@ -49,7 +49,7 @@ def documented(heading: str) -> set[str]:
 
 @pytest.mark.parametrize("heading, expected", [
     ("Run config", keys(Config)),
-    ("Study file", keys(StudyCfg, stop=frozenset({"model", "train", "prep", "models[].reference"})) - STUDY_ELSEWHERE),
+    ("Study file", keys(StudyCfg, stop=frozenset({"model", "train", "prep", "models[].reference", "variants[].train"})) - STUDY_ELSEWHERE),
     ("Prep file", keys(PrepFile) - {f"domains[].{k}" for k in PrepDefaults.model_fields}),
 ])
 def test_config_doc_lists_every_key(heading, expected):
