@@ -30,8 +30,8 @@ from pydantic import Field, model_validator
 
 from data_prep.cli import PrepDefaults, SourceKeys
 from data_prep.config import ConfigError, Section, read_yaml, validate
-from trainer.config import (CheckpointCfg, DataOptions, DeepSpeedCfg, EvalCfg, EvalDomainCfg, MeterCfg, ModelCfg,
-                            OptimCfg, RunCfg, TaskEvalCfg)
+from trainer.config import (CheckpointCfg, DataOptions, DeepSpeedCfg, EvalCfg, LossCfg, MeterCfg, ModelCfg, OptimCfg,
+                            RunCfg, TaskEvalCfg)
 
 # what the study sets in each run, per domain: a value given under `train` would be overwritten, so it is an error
 SET_BY_STUDY = {"run": ("out_dir", "name"), "eval": ("domains",)}
@@ -42,6 +42,7 @@ class TrainSections(Section):
     parent run, `data.streams` the run's domain."""
     data: DataOptions = Field(default_factory=DataOptions)
     optim: OptimCfg = Field(default_factory=OptimCfg)
+    loss: LossCfg = Field(default_factory=LossCfg)
     run: RunCfg = Field(default_factory=RunCfg)
     eval: EvalCfg = Field(default_factory=EvalCfg)
     checkpoint: CheckpointCfg = Field(default_factory=CheckpointCfg)

@@ -78,6 +78,25 @@ class OptimCfg(Section):
     max_skipped: int = Field(default=100, ge=0)  # stop (with a checkpoint) after this many skipped steps
 
 
+class LossCfg(Section):
+    """Which target positions the training loss takes (evals always score every position): token-selective
+    continued pretraining, to change what the run learns and forgets."""
+    # token categories whose target positions get no loss (labels -100), as analysis/tokenstats.py categorizes the
+    # vocabulary: newline_whitespace, punctuation, digits, function_words (eval.function_words), word_continuation,
+    # other
+    exclude_categories: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _known_categories(self) -> "LossCfg":
+        if self.exclude_categories:
+            from analysis.tokenstats import CATEGORIES
+
+            unknown = [c for c in self.exclude_categories if c not in CATEGORIES]
+            if unknown:
+                raise ValueError(f"unknown token category '{unknown[0]}' (the categories: {', '.join(CATEGORIES)})")
+        return self
+
+
 class RunCfg(Section):
     out_dir: str = "runs"
     name: str = "run"
@@ -176,6 +195,7 @@ class Config(Section):
     model: ModelCfg
     data: DataCfg
     optim: OptimCfg = Field(default_factory=OptimCfg)
+    loss: LossCfg = Field(default_factory=LossCfg)
     run: RunCfg = Field(default_factory=RunCfg)
     eval: EvalCfg = Field(default_factory=EvalCfg)
     task: TaskEvalCfg = Field(default_factory=TaskEvalCfg)

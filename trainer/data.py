@@ -174,6 +174,24 @@ def model_inputs(batch: dict[str, torch.Tensor], attn_impl: str, dtype: torch.dt
     return batch
 
 
+def excluded_targets(tokenizer, cfg: Config, device: torch.device) -> torch.Tensor | None:
+    """loss.exclude_categories as a [vocab] bool table on the device: the target ids whose category (the analysis's
+    own, analysis/tokenstats.py, with eval.function_words) takes no training loss. None when nothing is excluded."""
+    if not cfg.loss.exclude_categories:
+        return None
+    from analysis.metrics import function_words
+    from analysis.tokenstats import CATEGORIES, Vocab
+
+    vocab = Vocab.from_tokenizer(tokenizer, function_words(cfg.eval.function_words))
+    excluded = np.isin(vocab.category, [CATEGORIES.index(c) for c in cfg.loss.exclude_categories])
+    return torch.from_numpy(excluded).to(device)
+
+
+def drop_excluded(labels: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
+    """`labels` with IGNORE (-100) at every target position whose id `excluded` marks; on the device, no host sync."""
+    return labels.masked_fill(excluded[labels.clamp(min=0)] & (labels >= 0), IGNORE)
+
+
 def _collate(batch: list[dict]) -> dict:
     """{input_ids, labels: [micro_batch, length] int64, sample_ids: the samples' global ids for the ledger}."""
     out = batch_of(batch)

@@ -32,7 +32,8 @@ from data_prep.redact import load_env_file, redact_tree
 from trainer import checkpoint
 from trainer.args import rank_args, train_arguments
 from trainer.config import Config, ConfigError, load_config
-from trainer.data import Batches, build_train_loader, check_domains, model_inputs, open_eval_sets
+from trainer.data import (Batches, build_train_loader, check_domains, drop_excluded, excluded_targets,
+                          model_inputs, open_eval_sets)
 from trainer.dist import failure_of, init_distributed, stop_together
 from trainer.engine import build_engine, choose_optimizer, fill_ds_config, parameter_counts, retrace_zero3
 from trainer.ledger import Ledger
@@ -98,6 +99,7 @@ class Trainer:
         self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer), self.dist)
         self.hf_config = model_config(cfg.model.path, cfg.model.trust_remote_code)
         check_model_limits(cfg.model, self.hf_config, self.seq_len, len(tokenizer))
+        self.excluded = excluded_targets(tokenizer, cfg, self.dist.device)  # loss.exclude_categories
         self.ds_config = fill_ds_config(cfg, self.dist.world)  # checked by DeepSpeed's config model, as the CLI does
         tag = checkpoint.starting_tag(self.ckpt_root, resume, self.dist, cfg.checkpoint.verify == "fast")
         set_aside = checkpoint.set_aside_newer(self.ckpt_root, tag) if tag and self.dist.main else None
@@ -235,6 +237,8 @@ class Trainer:
             batch = next(self.batches)
             used.append(batch.pop("sample_ids"))
             on_device = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
+            if self.excluded is not None:
+                on_device["labels"] = drop_excluded(on_device["labels"], self.excluded)
             loss = self.engine(**model_inputs(on_device, self.attn_impl, self.dtype)).loss
             self.stats.add(loss)
             if micro == accumulation - 1:  # a bad loss anywhere turns this one into NaN: DeepSpeed skips the update
