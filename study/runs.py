@@ -23,6 +23,7 @@ from study.config import StudyCfg, StudyModel, load_study
 from study.prep import check_sources, fingerprint_key, model_paths, model_tokenizer
 from study.similarity import log_similarity, measure
 from trainer.config import config_from_dict
+from trainer.data import check_stratified
 from trainer.state import FINISHED
 from trainer.tracking import Tracker
 
@@ -40,9 +41,10 @@ def child_config(study: StudyCfg, model: StudyModel, domain: str, paths: dict[st
     tree["model"] = model.model_dump(mode="json", exclude={"name", "reference"})
     streams = [{"name": domain, "path": str(paths[domain])}]
     replay, reference = study.variant(variant).replay, model.reference.name
-    if replay:
+    if replay:  # the replay share in every step (stratified mixing), unless the variant says how to mix
         streams = [{**streams[0], "proportion": 1 - replay},
                    {"name": reference, "path": str(paths[reference]), "proportion": replay}]
+        tree.setdefault("data", {}).setdefault("mixing", "stratified")
     tree.setdefault("data", {})["streams"] = streams
     others = [d.name for d in study.domains if d.name != domain] if study.eval_others else []
     evals = others + ([reference] if study.eval_reference else [])
@@ -53,7 +55,9 @@ def child_config(study: StudyCfg, model: StudyModel, domain: str, paths: dict[st
     tags = {"mlflow.parentRunId": parent_id, "study": study.name, "domain": domain, "model": model.name}
     tree["tracking"] = {"uri": tracking_uri, "experiment": study.name, "run_name": key,
                         "tags": {**tags, **({"variant": variant} if variant else {})}}
-    config_from_dict(tree)  # a run config that would not load fails here, before any compute
+    cfg = config_from_dict(tree)  # a run config that would not load fails here, before any compute
+    if replay and cfg.data.mixing == "stratified":
+        check_stratified(cfg, study.nproc)
     return tree
 
 

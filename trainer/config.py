@@ -50,6 +50,10 @@ class DataOptions(Section):
     # 4 (trainer/data.py: loader_workers), on CPU 0 (every core trains)
     num_workers: int | None = Field(default=None, ge=0)
     shuffle: bool = True
+    # how several streams mix (mosaicml-streaming's batching_method): random (each sample drawn by the proportions,
+    # exact over an epoch) or stratified (every global batch split between the streams by their proportions: a 25%
+    # replay stream is 25% of every step; each stream needs at least one sample of the global batch)
+    mixing: Literal["random", "stratified"] = "random"
     verify_hashes: bool = True  # at start-up, hash every local shard file against its index (xxh64, IO-bound)
     cache_dir: str | None = None  # local copies of remote shards; default <run.out_dir>/.shard_cache
 

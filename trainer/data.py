@@ -231,6 +231,8 @@ def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.de
     from streaming import Stream, StreamingDataLoader
 
     mixed = len(cfg.data.streams) > 1
+    if mixed and cfg.data.mixing == "stratified":
+        check_stratified(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     streams = [
         Stream(**domains[s.name].split("train"), proportion=s.proportion if mixed else None)
         for s in cfg.data.streams
@@ -242,12 +244,25 @@ def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.de
     all_local = all(domains[s.name].remote is None for s in cfg.data.streams)
     dataset = _dataset_class()(
         streams=streams, batch_size=cfg.data.micro_batch, shuffle=cfg.data.shuffle, shuffle_seed=cfg.run.seed,
-        replication=None, **({"predownload": ALL_AHEAD} if all_local else {}),
+        replication=None, batching_method=cfg.data.mixing if mixed else "random",
+        **({"predownload": ALL_AHEAD} if all_local else {}),
     )
     workers = loader_workers(cfg.data.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return StreamingDataLoader(dataset, batch_size=cfg.data.micro_batch, num_workers=workers, collate_fn=_collate,
                                drop_last=True, persistent_workers=False, pin_memory=device.type == "cuda",
                                prefetch_factor=4 if workers else None)
+
+
+def check_stratified(cfg: Config, world: int) -> None:
+    """Stratified mixing splits each global batch (micro-batch x ranks) between the streams: every stream needs at
+    least one of its samples, or streaming fails mid-run when it lays out the epoch."""
+    total = sum(s.proportion for s in cfg.data.streams)
+    global_batch = cfg.data.micro_batch * world
+    for s in cfg.data.streams:
+        if int(s.proportion / total * global_batch) < 1:
+            raise ConfigError(f"data.mixing stratified: stream '{s.name}' ({s.proportion / total:.1%}) gets no sample "
+                              f"of the global batch of {global_batch} (data.micro_batch {cfg.data.micro_batch} x "
+                              f"{world} rank(s)); raise its proportion or the batch, or mix at random")
 
 
 class Batches:

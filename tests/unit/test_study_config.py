@@ -107,13 +107,24 @@ def test_bad_variants_are_refused(variants, message):
 def test_a_replay_variant_trains_on_the_reference_beside_the_domain(tmp_path):
     from study.runs import child_config
 
-    s = study(models=None, model={"path": "/m/a"}, out_dir=str(tmp_path), variants=[{"name": "plain"},
-                                                                                  {"name": "r", "replay": 0.25}])
+    s = study(models=None, model={"path": "/m/a"}, out_dir=str(tmp_path), train={"data": {"micro_batch": 2}},
+              nproc=2, variants=[{"name": "plain"}, {"name": "r", "replay": 0.25}])
     paths = {"x": "/d/x", "y": "/d/y", "ref": "/d/ref"}
     tree = child_config(s, s.model_list[0], "x", paths, "parent", "file:///dev/null", "r")
     assert tree["data"]["streams"] == [{"name": "x", "path": "/d/x", "proportion": 0.75},
                                        {"name": "ref", "path": "/d/ref", "proportion": 0.25}]
+    assert tree["data"]["mixing"] == "stratified"  # 1 sample of every global batch of 4
     assert tree["run"] == {"out_dir": str(tmp_path / "runs" / "x"), "name": "r"}
     assert tree["tracking"]["run_name"] == "x/r" and tree["tracking"]["tags"]["variant"] == "r"
     plain = child_config(s, s.model_list[0], "x", paths, "parent", "file:///dev/null", "plain")
     assert plain["data"]["streams"] == [{"name": "x", "path": "/d/x"}]
+
+
+def test_a_replay_share_the_global_batch_cannot_hold_is_one_line(tmp_path):
+    from study.runs import child_config
+
+    s = study(models=None, model={"path": "/m/a"}, out_dir=str(tmp_path), variants=[{"name": "r", "replay": 0.25}])
+    with pytest.raises(ConfigError, match=r"stream 'x' \(75.0%\) gets no sample of the global batch of 1 "
+                                          r"\(data.micro_batch 1 x 1 rank\(s\)\)"):
+        child_config(s, s.model_list[0], "x", {"x": "/d/x", "y": "/d/y", "ref": "/d/ref"}, "p", "file:///dev/null",
+                     "r")
