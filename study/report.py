@@ -15,11 +15,14 @@ from data_prep import console
 from data_prep.disk import write_atomic  # noqa: E402
 from data_prep.similarity import MEASURES  # noqa: E402
 from study.findings import findings  # noqa: E402
-from study.report_html import section, write_html  # noqa: E402
+from study.remedies import loo_fit, remedy_metrics, variant_table  # noqa: E402
+from study.report_html import gap_text, number, remedies_section, section, write_html  # noqa: E402
 
 
-def domain_result(client, experiment: str, parent_id: str, key: str, domain: str, run_dir: Path) -> dict:
-    """One run's numbers: its own domain's ppl at step 0 and at the last eval, and the token statistics there."""
+def domain_result(client, experiment: str, parent_id: str, key: str, domain: str, run_dir: Path,
+                  reference: str) -> dict:
+    """One run's numbers: its own domain's ppl at step 0 and at the last eval, the token statistics there, the
+    forgetting on the model's reference and both stability gaps (their last values: the whole run)."""
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`mlflow.runName` = '{key}' and "
                                                                  f"tags.`mlflow.parentRunId` = '{parent_id}'",
@@ -29,7 +32,16 @@ def domain_result(client, experiment: str, parent_id: str, key: str, domain: str
     last = ppl[-1].step
     tokens_json = run_dir / "tokens" / domain / f"step_{last}.json"
     tokens = json.loads(tokens_json.read_text()) if tokens_json.is_file() else {}
+    last_of = run.data.metrics  # each metric's value at its last step
+
+    def gap(name: str) -> dict | None:
+        if f"stability/{name}/depth" not in last_of:
+            return None
+        return {k: last_of.get(f"stability/{name}/{k}") for k in ("depth", "worst_step", "recovery_step")}
+
+    ref_ratio = last_of.get(f"eval/{reference}/ppl_ratio")
     return {"domain": domain, "run_id": run.info.run_id, "ppl0": ppl[0].value, "ppl_last": ppl[-1].value,
+            "forgetting": None if ref_ratio is None else ref_ratio - 1, "gap": gap(domain), "ref_gap": gap(reference),
             "last_step": last, "delta_ppl": ppl[-1].value - ppl[0].value, "ppl_ratio": ppl[-1].value / ppl[0].value,
             "topk_share": tokens.get("topk_share"), "category_share": tokens.get("category_share", {}),
             "total_delta": tokens.get("total_delta"), "category_count": tokens.get("category_count", {}),
@@ -86,7 +98,8 @@ def collect_rows(study, similarity: dict[str, dict], client, parent_id: str) -> 
         for dom in study.domains:
             for variant in study.variant_names:
                 key = study.run_key(model.name, dom.name, variant)
-                r = domain_result(client, study.name, parent_id, key, dom.name, study.out / "runs" / key)
+                r = domain_result(client, study.name, parent_id, key, dom.name, study.out / "runs" / key,
+                                  model.reference.name)
                 r.update(model=model.name, label=key, variant=variant,
                          similarity=similarity[model.name]["to_reference"][dom.name])
                 rows.append(r)
@@ -111,13 +124,15 @@ def aggregate(study, similarity: dict[str, dict], client, tracker) -> dict:
                                                    out_dir / "study" / f"scatter_{n}.png")
         parts.append(section(f"Model {n}" if len(names) > 1 else "Per domain", mine, per_model[n], primary, top_k,
                              mpng))
+    fits, variants = adapt_or_not(study, every_row, rows, tracker)
+    parts.insert(0, remedies_section(variants, fits, primary, study.variant_names))
     heatmaps = sorted((out_dir / "similarity").rglob("similarity_heatmap.png"))
     note = (f"{len(study.domains)} domains per model: with so few points the p-values are weak evidence; the per-run "
             f"numbers and token attribution carry the finding.")
-    report = write_html(study, rows, parts, heatmaps, note, out_dir / "report" / "index.html")
+    report = write_html(study, every_row, parts, heatmaps, note, out_dir / "report" / "index.html")
     table = [{k: (str(v) if isinstance(v, Path) else v) for k, v in r.items()} for r in every_row]
     summary = {"rows": table, "correlations": pooled["correlations"], "primary": primary,
-               "findings": pooled["findings"], "models": per_model}
+               "findings": pooled["findings"], "models": per_model, "fit": fits, "variants": variants}
     write_atomic(out_dir / "study" / "summary.json", json.dumps(summary, indent=2))
     for f in sorted((out_dir / "study").glob("*.png")) + [out_dir / "study" / "summary.json"]:
         tracker.log_artifact(f, "study")
@@ -126,7 +141,23 @@ def aggregate(study, similarity: dict[str, dict], client, tracker) -> dict:
         if r["curves"].is_file():
             tracker.log_artifact(r["curves"], f"curves/{r['label']}")
     print_summary(rows, primary, pooled, per_model)
+    print_remedies(variants, fits, primary)
     return summary
+
+
+def adapt_or_not(study, every_row: list[dict], rows: list[dict], tracker) -> tuple[dict, list[dict]]:
+    """Per model, the fit of Δppl on the primary similarity across its domains (the first variant's runs) with its
+    leave-one-out error; per model and domain, every variant side by side and the best on each axis. Logged to the
+    parent run (study/remedies.py)."""
+    primary = study.similarity.primary
+    fits = {m.name: loo_fit([r["similarity"][primary] for r in rows if r["model"] == m.name],
+                            [r["delta_ppl"] for r in rows if r["model"] == m.name]) for m in study.model_list}
+    variants = variant_table(every_row)
+    metrics, tags = remedy_metrics(every_row, variants, fits)
+    tracker.log_metrics(metrics, step=0)
+    for key, value in tags.items():
+        tracker.set_tag(key, value)
+    return fits, variants
 
 
 def log_metrics(tracker, rows: list[dict], corr_all: dict, primary: str, per_model: dict) -> None:
@@ -161,3 +192,21 @@ def print_summary(rows: list[dict], primary: str, pooled: dict, per_model: dict)
         console.out(f"{title}the paper's findings, tested here:")
         for i, text in enumerate(a["findings"], 1):
             console.out(f"{i}. {text}")
+
+
+def print_remedies(table: list[dict], fits: dict[str, dict], primary: str) -> None:
+    """The adapt-or-not table: per model and domain each variant's Δppl, forgetting and stability gaps."""
+    width = max(14, *(len(str(v)) for t in table for v in t["variants"]))
+    console.out(f"\nadapt or not: {'model/domain':<24} {'variant':<{width}} {'Δppl':>8} {'forgetting':>11}  "
+                f"{'gap (domain)':<30} gap (reference)")
+    for t in table:
+        for name, v in t["variants"].items():
+            best = [axis for axis, b in t["best"].items() if b == name and len(t["variants"]) > 1]
+            mark = f"  best: {', '.join(best)}" if best else ""
+            console.out(f"{'':14}{t['model'] + '/' + t['domain']:<24} {str(name or '-'):<{width}} "
+                        f"{number(v['delta_ppl'], '+.2f'):>8} {number(v['forgetting'], '+.1%'):>11}  "
+                        f"{gap_text(v['gap']):<30} {gap_text(v['ref_gap'])}{mark}")
+    for model, f in fits.items():
+        console.out(f"{model}: Δppl ≈ {number(f['intercept'], '.3g')} + {number(f['slope'], '.3g')} × {primary}; "
+                    f"leave-one-out RMSE {number(f['loo_rmse'], '.3g')} against a spread (std) of "
+                    f"{number(f['std'], '.3g')} over {f['n']} domains")

@@ -58,6 +58,44 @@ tokens; negative = the domain improved) by token category. The shares sum to 100
 category with a share of the opposite sign moved against the domain as a whole.</p>{_category_table(rows)}"""
 
 
+def number(x, fmt: str) -> str:
+    return "–" if x is None or x != x else format(x, fmt)
+
+
+def gap_text(g: dict | None) -> str:
+    if not g or not g.get("depth"):
+        return "none"
+    back = g.get("recovery_step")
+    return f"+{g['depth']:.1%} @ {g['worst_step']:.0f}, " + ("not back" if back is None else f"back @ {back:.0f}")
+
+
+def remedies_section(table: list[dict], fits: dict[str, dict], primary: str, variants: list) -> str:
+    """Adapt or not: per model and domain every variant's gain, forgetting and stability gaps side by side, the best
+    on each axis, and how well similarity alone predicted Δppl (study/remedies.py)."""
+    head = "".join(f"<th>{e(h)}</th>" for h in ["model / domain", "variant", "Δppl (domain)", "forgetting (reference)",
+                                                  "stability gap (domain)", "stability gap (reference)"])
+    body = ""
+    for entry in table:
+        for name, v in entry["variants"].items():
+            marks = [axis for axis, best in entry["best"].items() if best == name and len(entry["variants"]) > 1]
+            label = f"{entry['model']} / {entry['domain']}"
+            best = f" (best: {', '.join(marks)})" if marks else ""
+            body += (f"<tr><td>{e(label)}</td><td>{e(str(name or '-'))}{best}</td>"
+                     f"<td>{number(v['delta_ppl'], '+.2f')}</td><td>{number(v['forgetting'], '+.1%')}</td>"
+                     f"<td>{e(gap_text(v['gap']))}</td><td>{e(gap_text(v['ref_gap']))}</td></tr>")
+    fit = "".join(f"<li>{e(m)}: Δppl ≈ {number(f['intercept'], '.3g')} + {number(f['slope'], '.3g')} × {e(primary)} "
+                  f"over {f['n']} domains; leave-one-out error {number(f['loo_rmse'], '.3g')} (RMSE), "
+                  f"{number(f['loo_mae'], '.3g')} (MAE), against a spread of {number(f['std'], '.3g')} "
+                  "(std of Δppl)"
+                  "</li>" for m, f in fits.items())
+    which = f"the variants ({', '.join(e(str(v)) for v in variants)})" if variants != [None] else "the runs"
+    return f"""<h2>Adapt or not</h2><p>Per domain, {which}: Δppl on the domain (negative: adaptation helped),
+forgetting on the model's reference (its ppl ratio to step 0 − 1: positive is ability lost), and the stability gap
+of each (the deepest rise above the base model, and the eval where it was back).</p>
+<table><tr>{head}</tr>{body}</table>
+<h3>Does similarity alone predict the outcome?</h3><ul>{fit}</ul>"""
+
+
 def write_html(study, rows: list[dict], sections: list[str], heatmaps: list[Path], note: str, out: Path) -> Path:
     models = ", ".join(f"<code>{e(m.name)}</code> ({e(m.path)}, reference <code>{e(m.reference.name)}</code>)"
                        for m in study.model_list)

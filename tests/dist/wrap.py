@@ -6,6 +6,8 @@ test switches). Started by the deepspeed launcher: `deepspeed --num_gpus 2 --mod
                                    (call site, device), with the engine's device, in DIR/rank<R>.json at exit
   TEST_RECORD_GATHERED=DIR         after every training forward, how many of the model's parameters ZeRO-3 still holds
                                    gathered (and how many there are), in DIR/gathered-rank<R>.json at exit
+  TEST_RECORD_BATCHES=DIR          every training forward's input_ids and labels, as the model gets them, in
+                                   DIR/batches-rank<R>.json at exit
   TEST_KILL_IN_SAVE=1              right after DeepSpeed wrote the shards of the first checkpoint this job saves
                                    (before COMPLETE), the last rank SIGKILLs its process group: start the job in a
                                    session of its own
@@ -171,6 +173,21 @@ def record_gathered(out_dir: str) -> None:
     atexit.register(lambda: (Path(out_dir) / f"gathered-rank{os.environ['RANK']}.json").write_text(json.dumps(counts)))
 
 
+def record_batches(out_dir: str) -> None:
+    import deepspeed.runtime.engine as ds_engine
+
+    original = ds_engine.DeepSpeedEngine.forward
+    seen: list[dict] = []
+
+    def forward(self, *args, **kwargs):
+        if self.module.training:
+            seen.append({k: kwargs[k].tolist() for k in ("input_ids", "labels")})
+        return original(self, *args, **kwargs)
+
+    ds_engine.DeepSpeedEngine.forward = forward
+    atexit.register(lambda: (Path(out_dir) / f"batches-rank{os.environ['RANK']}.json").write_text(json.dumps(seen)))
+
+
 if __name__ == "__main__":
     if os.environ.get("TEST_LOSS_FAULTS"):
         inject_loss_faults(os.environ["TEST_LOSS_FAULTS"])
@@ -178,6 +195,8 @@ if __name__ == "__main__":
         record_collectives(os.environ["TEST_RECORD_COLLECTIVES"])
     if os.environ.get("TEST_RECORD_GATHERED"):
         record_gathered(os.environ["TEST_RECORD_GATHERED"])
+    if os.environ.get("TEST_RECORD_BATCHES"):
+        record_batches(os.environ["TEST_RECORD_BATCHES"])
     if os.environ.get("TEST_KILL_IN_SAVE"):
         kill_in_save()
     if os.environ.get("TEST_NODE_LOCAL"):
