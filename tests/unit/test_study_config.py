@@ -128,3 +128,19 @@ def test_a_replay_share_the_global_batch_cannot_hold_is_one_line(tmp_path):
                                           r"\(data.micro_batch 1 x 1 rank\(s\)\)"):
         child_config(s, s.model_list[0], "x", {"x": "/d/x", "y": "/d/y", "ref": "/d/ref"}, "p", "file:///dev/null",
                      "r")
+
+
+def test_the_paper_study_s_commented_variants_are_a_valid_study(tmp_path):
+    """studies/adaptation_odyssey.yaml ships its remedies commented out; uncommented they load as they stand."""
+    from pathlib import Path
+
+    from study.config import load_study
+
+    lines, on = [], False
+    for line in (Path(__file__).parents[2] / "studies" / "adaptation_odyssey.yaml").read_text().splitlines():
+        on = on or line.startswith("# variants:")
+        lines.append(line[2:] if on and line.startswith(("# variants:", "#   - ")) else line)
+    (tmp_path / "s.yaml").write_text("\n".join(lines) + "\n")
+    s = load_study(tmp_path / "s.yaml")
+    assert [v.name for v in s.variants] == ["plain", "replay25", "rewarm_wsd", "skip_uninformative"]
+    assert len(s.run_keys) == 400 and s.train.eval.log_spaced == 8
