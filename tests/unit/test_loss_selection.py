@@ -35,3 +35,21 @@ def test_excluded_categories_get_no_loss_exactly_on_their_targets(assets):
 def test_an_unknown_category_is_refused_naming_the_categories():
     with pytest.raises(ConfigError, match="unknown token category 'stopwords' \\(the categories: newline_whitespace"):
         validate(LossCfg, {"exclude_categories": ["stopwords"]})
+
+
+def test_rho1_selection_keeps_exactly_the_top_fraction_by_excess_loss():
+    from trainer.selection import select_top, selective_loss
+
+    losses = torch.tensor([[2.0, 5.0, 1.0, 4.0], [3.0, 0.5, 6.0, 2.0]])
+    base = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 9.0]])
+    scored = torch.tensor([[True, True, False, True], [True, True, True, True]])
+    # excess over scored positions: 1, 4, -, 3 | 2, -0.5, 5, -7; n = 7, 0.5 -> k = 4: 5, 4, 3, 2
+    keep = select_top(losses, base, scored, 0.5)
+    assert keep.tolist() == [[False, True, False, True], [True, False, True, False]]
+    assert selective_loss(losses, keep).item() == pytest.approx((5 + 4 + 3 + 6) / 4)
+    assert select_top(losses, base, scored, 1.0).tolist() == scored.tolist()
+    assert select_top(losses, base, scored, 0.01).sum() == 1  # at least one: ceil
+    ties = select_top(torch.ones(1, 4), torch.zeros(1, 4), torch.ones(1, 4, dtype=torch.bool), 0.5)
+    assert ties.tolist() == [[True, True, False, False]]  # equal excess: the earlier positions
+    none = torch.zeros(1, 4, dtype=torch.bool)
+    assert selective_loss(losses[:1], select_top(losses[:1], base[:1], none, 0.5)).item() == 0.0
