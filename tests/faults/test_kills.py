@@ -1,5 +1,5 @@
-"""Deaths on real 2-rank ZeRO-3 jobs: one rank SIGKILLed at a random step (three seeds, one after the other, each
-followed by --resume auto), a preemption (SIGTERM to every rank, SIGKILL after a grace time), a save whose writes
+"""Deaths on real 2-rank ZeRO-3 jobs: one rank SIGKILLed at a random step (two seeds, one after the other, the second
+a --resume auto), a preemption (SIGTERM to every rank, SIGKILL after a grace time), a save whose writes
 fail on one rank only (both ranks stop with one line), then the job SIGKILLed inside a save after the shards are
 written. The run ends with the losses of an uninterrupted run, a ledger without a
 duplicate or a hole, every metric point once in MLflow, and the partial checkpoint never picked."""
@@ -90,9 +90,8 @@ def test_ranks_killed_at_random_steps_and_inside_a_save_resume_to_the_same_run(s
     cfg, out = straight
     ckpts = out / "killed" / "checkpoints"
     kill_one_rank_after(cfg, 0)
-    for seed in (1, 2):
-        text = kill_one_rank_after(cfg, seed, "--resume", "auto")
-        assert "resumed from" in text, text[-3000:]
+    text = kill_one_rank_after(cfg, 1, "--resume", "auto")
+    assert "resumed from" in text, text[-3000:]
     text = terminate_then_kill(cfg, grace_s=30)
     stopped = re.search(r"stopped at step (\d+) by SIGTERM: checkpoint saved", text)
     assert stopped and (ckpts / "latest").read_text() == f"step_{int(stopped.group(1)):08d}", text[-3000:]
