@@ -63,9 +63,9 @@ tracking: {{experiment: test}}
     run(cfg, "run.name=halted", "run.halt_at_step=2")
     run(cfg, "run.name=halted", "--resume", "auto")
     client, [straight] = client_and_run(tmp_path / "straight")
-    _, [halted] = client_and_run(tmp_path / "halted")
+    client_h, [halted] = client_and_run(tmp_path / "halted")
     for key in ("train/loss", "train/lr"):
-        a, b = history(client, straight.info.run_id, key), history(client, halted.info.run_id, key)
+        a, b = history(client, straight.info.run_id, key), history(client_h, halted.info.run_id, key)
         assert sorted(a) == sorted(b) == [1, 2, 3, 4] and b == pytest.approx(a, rel=1e-5), key
     lr = history(client, straight.info.run_id, "train/lr")
     assert lr[2] == pytest.approx(3.0e-3) and lr[3] < lr[2] and lr[4] < lr[3]
