@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import yaml
 
-from data_prep.console import log
 from analysis.stability import log_spaced_steps
+from data_prep.console import log
 from data_prep.disk import write_atomic
 from data_prep.guard import guarded
 from data_prep.manifest import tokenizer_fingerprint
