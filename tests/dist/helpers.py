@@ -122,3 +122,18 @@ class MlflowServer:
     def stop(self):
         os.killpg(self.proc.pid, signal.SIGKILL)  # a server that dies, not one that says goodbye
         self.proc.wait(timeout=30)
+
+
+def mixed_config(assets, path: Path, rest: str, data_extra: str = "") -> Path:
+    """A run config at `path` training on prose and code mixed 3:1, micro-batch 2, with `rest` (YAML) after the data
+    section and `data_extra` (indented YAML lines) inside it."""
+    path.write_text(f"""
+model: {{path: {assets['model']}}}
+data:
+  streams:
+    - {{name: prose, path: {assets['domains'] / 'prose'}, proportion: 0.75}}
+    - {{name: code, path: {assets['domains'] / 'code'}, proportion: 0.25}}
+  micro_batch: 2
+{data_extra}{rest}""")
+    return path
+

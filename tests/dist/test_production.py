@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.dist.helpers import client_and_run, cmd, history, run, run_wrapped
+from tests.dist.helpers import client_and_run, cmd, history, mixed_config, run, run_wrapped
 from tests.cli import odyssey
 
 pytestmark = pytest.mark.slow
@@ -186,15 +186,7 @@ def test_two_streams_by_proportion_and_a_stop_by_epochs(assets, tmp_path):
     from data_prep.manifest import read_manifest
     from trainer.ledger import read
 
-    cfg = tmp_path / "mix.yaml"
-    cfg.write_text(f"""
-model: {{path: {assets['model']}}}
-data:
-  streams:
-    - {{name: prose, path: {assets['domains'] / 'prose'}, proportion: 0.75}}
-    - {{name: code, path: {assets['domains'] / 'code'}, proportion: 0.25}}
-  micro_batch: 2
-run: {{out_dir: {tmp_path}, name: mix, epochs: 0.25}}
+    cfg = mixed_config(assets, tmp_path / "mix.yaml", f"""run: {{out_dir: {tmp_path}, name: mix, epochs: 0.25}}
 eval: {{interval: 0, max_samples: 4, token_stats: false}}
 tracking: {{experiment: test}}
 """)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.dist.helpers import client_and_run, history, run, run_wrapped
+from tests.dist.helpers import client_and_run, history, mixed_config, run, run_wrapped
 
 pytestmark = pytest.mark.slow
 EXCLUDED = ["function_words", "punctuation"]
@@ -20,15 +20,7 @@ def test_replay_selective_loss_and_wsd_resume_exactly(assets, tmp_path):
     from data_prep.manifest import read_manifest
     from trainer.ledger import read
 
-    cfg = tmp_path / "r.yaml"
-    cfg.write_text(f"""
-model: {{path: {assets['model']}}}
-data:
-  streams:
-    - {{name: prose, path: {assets['domains'] / 'prose'}, proportion: 0.75}}
-    - {{name: code, path: {assets['domains'] / 'code'}, proportion: 0.25}}
-  micro_batch: 2
-  mixing: stratified
+    cfg = mixed_config(assets, tmp_path / "r.yaml", data_extra="  mixing: stratified\n", rest=f"""
 optim: {{lr: 3.0e-3, warmup_steps: 1, schedule: wsd, decay_fraction: 0.5}}
 loss: {{exclude_categories: {EXCLUDED}}}
 run: {{out_dir: {tmp_path}, name: straight, max_steps: 4}}
