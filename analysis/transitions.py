@@ -75,7 +75,7 @@ def low_to_high(targets: np.ndarray, base: np.ndarray, current: np.ndarray, thre
     the model now does not. Each with up to `contexts` of its lh occurrences of largest Δ, the token in brackets
     after the up-to-`width` scored tokens before it in the same sample. `vocab`: a tokenstats.Vocab."""
     base, current = base.astype(np.float64), current.astype(np.float64)  # compared as transitions compares them
-    lh = (targets >= 0) & (base <= threshold) & (current > threshold)
+    lh = (targets >= 0) & (class_of(base, current, threshold) == CLASSES.index("lh"))
     rows, cols = np.nonzero(lh)  # row-major, the order of boolean indexing below
     ids = targets[rows, cols]
     b, c = base[lh], current[lh]

@@ -1,8 +1,8 @@
 """A full disk, wherever a job writes: the one line it ends in, and writes that leave nothing half-written.
 
 Every write of a run (token tables, curves, the baseline cache, the ledger, the MLflow journal and a local store,
-the base-weight snapshot, task-matrix cells; checkpoints have their own agreement in trainer/checkpoint.py) goes through `writing`,
-`write_atomic` or `append`, which turn ENOSPC / EDQUOT into a `DiskFull` whose message names the path and the free
+the base-weight snapshot, task-matrix cells; checkpoints have their own agreement in trainer/checkpoint.py) goes
+through `writing`, `write_atomic` or `append`, which turn ENOSPC / EDQUOT into a `DiskFull` whose message names the path and the free
 space on its filesystem. A file is either replaced whole (a temp file beside it, then os.replace) or appended to
 whole (a failed append is cut back to where it began), so a later reader never meets a torn file. Writes that only
 some ranks make are agreed on by all of them (trainer/dist.py: stop_together), so every rank stops with the line.

@@ -46,10 +46,13 @@ def model_plan(study: StudyCfg, model: StudyModel, world: int, gpus_per_node: in
     else:
         why = "not prepared yet: run --setup, then --dry-run again"
     paths = planned_paths(study, model, fp)
-    names = [d.name for d in study.domains + [model.reference]]
-    cfg = config_from_dict(child_config(study, model, study.domains[0].name,
-                                        {n: str(paths.get(n, f"<{n}: not prepared>")) for n in names}, "dry-run",
-                                        "file:///dev/null"))
+    planned = {d.name: str(paths.get(d.name, f"<{d.name}: not prepared>"))
+               for d in study.domains + [model.reference]}
+
+    def run_cfg(domain: str, variant: str | None):
+        return config_from_dict(child_config(study, model, domain, planned, "dry-run", "file:///dev/null", variant))
+
+    cfg = run_cfg(study.domains[0].name, None)
     seq_len = study.prep.seq_len or cfg.data.seq_len or next(
         (info[1] for d in study.domains if d.name in paths and (info := train_samples(paths[d.name]))), None)
     if seq_len is None:
@@ -61,9 +64,7 @@ def model_plan(study: StudyCfg, model: StudyModel, world: int, gpus_per_node: in
     for dom in study.domains:
         info = train_samples(paths[dom.name]) if dom.name in paths else None
         for variant in study.variant_names:  # a variant may change the batch or the run's length
-            vcfg = cfg if variant is None else config_from_dict(child_config(
-                study, model, dom.name, {n: str(paths.get(n, f"<{n}: not prepared>")) for n in names}, "dry-run",
-                "file:///dev/null", variant))
+            vcfg = cfg if variant is None else run_cfg(dom.name, variant)
             per_step = p["tokens_per_step"] * vcfg.data.micro_batch * vcfg.optim.accumulation // (
                 cfg.data.micro_batch * cfg.optim.accumulation)
             samples = None if info is None else math.ceil(info[0] / (1 - study.variant(variant).replay) / world)

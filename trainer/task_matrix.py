@@ -246,13 +246,7 @@ def evaluate_matrix(cfg: MatrixCfg) -> list[dict]:
     kind_of = {c["test_task"]: c["test_kind"] for c in cells if not c["ood"]}
     for c in cells:
         c["model_kind"] = kind_of.get(c["model_task"])
-    problem = None
-    if dist.main:
-        try:
-            write_matrix(cfg, cells)
-        except Exception as err:  # the other ranks wait for it below: they must hear of any failure
-            problem = err
-    stop_together(problem, dist)
+    stop_together(failure_of(write_matrix, cfg, cells) if dist.main else None, dist)
     return cells
 
 
