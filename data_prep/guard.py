@@ -3,6 +3,7 @@ modules under a launcher): a known bad input, an `OdysseyError`, is one line on 
 met by any write; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 from data_prep import console
@@ -14,7 +15,7 @@ def guarded(fn: Callable[[], int | None]) -> int:
     """Run `fn`; an OdysseyError becomes one line on stderr (from rank 0 only, so N ranks don't print it N times)
     and exit code 2. So does a full disk that no write of ours named (data_prep/disk.py: unnamed_full)."""
     try:
-        return fn() or 0
+        code = fn() or 0
     except OdysseyError as err:
         if console.rank() == 0 or err.rank_local:
             console.error(str(err))
@@ -25,3 +26,15 @@ def guarded(fn: Callable[[], int | None]) -> int:
             raise
         console.error(str(full))  # every rank: each met it in its own write
         return 2
+    leave_process_group()
+    return code
+
+
+def leave_process_group() -> None:
+    """A rank that ended cleanly destroys its process group, as torchtitan does, and only then: left to interpreter
+    exit, gloo's worker threads can still hold tensors and abort the process ("terminate called without an active
+    exception", exit -6, after all the work was done); NCCL warns. After a failure another rank may still be in a
+    collective, where destroying can hang (torchtitan#1342), so exits 2 skip it."""
+    distributed = sys.modules.get("torch.distributed")  # only a process that imported it can have joined a group
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()

@@ -148,7 +148,7 @@ def run_study(path: str | Path) -> dict:
 
 def train_each(out: Path, keys: list[str], nproc: int, tracker: Tracker) -> None:
     """Each unfinished run in turn on this machine (an interrupted one resumes); a failure ends the parent run."""
-    from trainer.cli import launch_local
+    from trainer.cli import launch_local, launch_scoring
 
     for key in keys:
         if finished(out, key):
@@ -157,7 +157,9 @@ def train_each(out: Path, keys: list[str], nproc: int, tracker: Tracker) -> None
         resume = "auto" if (out / "runs" / key / "checkpoints").is_dir() else None
         log(f"{key}: training ({'resuming' if resume else 'fresh'}), {nproc} rank(s)", tag="study")
         try:
-            rc = launch_local(str(config_path(out, key)), [], nproc, resume)
+            # loss.select_top: the base model's losses on the run's streams first (once per model and domain)
+            rc = launch_scoring(str(config_path(out, key)), [], nproc, needed_only=True) or \
+                launch_local(str(config_path(out, key)), [], nproc, resume)
         except OdysseyError:  # the checks before any rank starts: one line that names the problem
             tracker.end("FAILED")
             raise

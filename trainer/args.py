@@ -1,6 +1,7 @@
-"""The arguments of the verbs that run on every rank, `odyssey train` / `finetune` and `odyssey evaluate-tasks`: one
-parser each, read by the CLI (trainer/cli.py) and by the modules launchers start on every rank (`python -m
-trainer.train`, `python -m trainer.task_matrix`), which must not import the CLI that composes them."""
+"""The arguments of the verbs that run on every rank, `odyssey train` / `finetune`, `odyssey score` and `odyssey
+evaluate-tasks`: one parser each, read by the CLI (trainer/cli.py) and by the modules launchers start on every rank
+(`python -m trainer.train`, `trainer.scoring`, `trainer.task_matrix`), which must not import the CLI that composes
+them."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,18 @@ def rank_args(prog: str, add_arguments, argv: list[str] | None) -> argparse.Name
             parser.error(f"--{option.replace('_', '-')} is for `{prog}`, which starts the ranks or plans them; this "
                          f"process is one rank")
     return args
+
+
+def score_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The one `odyssey score` parser (also `python -m trainer.scoring` on each launched rank)."""
+    parser.add_argument("config", help="the run config whose training streams and base model to score")
+    parser.add_argument("overrides", nargs="*", help="dotted.key=value, e.g. model.path=...")
+    parser.add_argument("--nproc", type=int, default=None, help="local ranks (the model under ZeRO-3 across them)")
+    parser.add_argument("--master-port", type=int, default=master_port(), help="rendezvous port of an --nproc launch")
+    parser.add_argument("--needed-only", action="store_true", help="do nothing unless the config sets "
+                                                                   "loss.select_top (for a script that runs this "
+                                                                   "before every training job)")
+    return parser
 
 
 def matrix_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

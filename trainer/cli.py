@@ -1,4 +1,5 @@
-"""The trainer's verbs: `odyssey train`, `finetune`, `eval --checkpoints`, `export`, `evaluate-tasks` and `sync`.
+"""The trainer's verbs: `odyssey train`, `finetune`, `eval --checkpoints`, `score`, `export`, `evaluate-tasks` and
+`sync`.
 Composed into the `odyssey` command by odyssey/cli.py; heavy imports wait until a verb runs."""
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 from data_prep import console
 from launch.hostfile import master_port
-from trainer.args import matrix_arguments, train_arguments
+from trainer.args import matrix_arguments, score_arguments, train_arguments
 from trainer.dist import Dist, launched_rank
 
 
@@ -20,6 +21,12 @@ def add_parser(sub) -> None:
     add_train_parser(sub, "finetune", "task fine-tuning: train on task data (odyssey prep --task), loss on targets "
                                       "only", cmd_finetune)
     add_eval_parser(sub)
+    s = sub.add_parser("score", help="the base model's per-token losses on the training streams (for loss.select_top)",
+                       description="Score every training stream of a run config with its base model, once, and store "
+                                   "the per-token losses with the shards (trainer/scoring.py); loss.select_top reads "
+                                   "them. Streams already scored for this model are skipped.")
+    score_arguments(s)
+    s.set_defaults(func=cmd_score, takes_overrides=True)
     add_export_parser(sub)
     add_task_matrix_parser(sub)
     y = sub.add_parser("sync", help="send what a run's tracking journal still holds to MLflow",
@@ -78,21 +85,27 @@ def add_task_matrix_parser(sub) -> None:
 def preflight(config: str, overrides: list[str], resume: str | None, world: int) -> None:
     """Checks that need no model weights or process group: config, domains, tokenizer, the model's limits (its
     config.json) and the DeepSpeed JSON. Run before spawning ranks so a typo gives one line instead of one per rank."""
-    from data_prep.manifest import tokenizer_fingerprint
     from trainer import checkpoint
     from trainer.config import load_config
-    from trainer.data import check_domains
     from trainer.engine import fill_ds_config
+
+    cfg = load_config(config, overrides)
+    check_inputs(cfg)
+    fill_ds_config(cfg, world_size=world)  # DeepSpeed's own config model checks it (trainer/engine.py)
+    checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, Dist(world=world), fast=True)  # the ranks hash
+
+
+def check_inputs(cfg) -> None:
+    """The tokenizer, the domains (sizes only: the ranks hash the shards, once per node, on the nodes that read them,
+    before any weight loads) and the model's limits."""
+    from data_prep.manifest import tokenizer_fingerprint
+    from trainer.data import check_domains
     from trainer.model import load_tokenizer
     from trainer.plan import check_model_limits, model_config
 
-    cfg = load_config(config, overrides)
     tokenizer = load_tokenizer(cfg.model)
-    # sizes only: the ranks hash the shards (once per node, on the nodes that read them, before any weight loads)
     _, seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer), hashes=False)
     check_model_limits(cfg.model, model_config(cfg.model.path, cfg.model.trust_remote_code), seq_len, len(tokenizer))
-    fill_ds_config(cfg, world_size=world)  # DeepSpeed's own config model checks it (trainer/engine.py)
-    checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, Dist(world=world), fast=True)  # the ranks hash
 
 
 def launch_local(config: str, overrides: list[str], nproc: int, resume: str | None = None,
@@ -182,6 +195,36 @@ def cmd_evaluate_tasks(args: argparse.Namespace) -> int:
         evaluate_matrix(cfg)
         return 0
     return deepspeed_launch("trainer.task_matrix", [args.matrix], args.nproc, args.master_port)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """This process scores (alone or as a launched rank), or N local ranks are started."""
+    if args.nproc is None and launched_rank():
+        from trainer.scoring import run_scoring
+
+        run_scoring(args.config, args.overrides, args.needed_only)
+        return 0
+    return launch_scoring(args.config, args.overrides, args.nproc or 1, args.master_port, args.needed_only)
+
+
+def launch_scoring(config: str, overrides: list[str], nproc: int, port: int = master_port(),
+                   needed_only: bool = False) -> int:
+    """`odyssey score` on this machine: checked first (config, domains, tokenizer), then this process scores, or
+    `nproc` local ranks under the deepspeed launcher. `needed_only`: nothing unless the config sets
+    loss.select_top. Returns the exit code."""
+    from trainer.config import load_config
+
+    cfg = load_config(config, overrides)
+    if needed_only and cfg.loss.select_top is None:
+        return 0
+    cfg.loss.select_top = None  # what this makes is what select_top requires
+    check_inputs(cfg)
+    if nproc > 1:
+        return deepspeed_launch("trainer.scoring", [config, *overrides], nproc, port)
+    from trainer.scoring import run_scoring
+
+    run_scoring(config, overrides)
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -89,6 +89,10 @@ class LossCfg(Section):
     # vocabulary: newline_whitespace, punctuation, digits, function_words (eval.function_words), word_continuation,
     # other
     exclude_categories: list[str] = Field(default_factory=list)
+    # Rho-1-style selection (trainer/selection.py): each micro-batch trains on this fraction of its targets, those
+    # whose loss is furthest above the base model's. The base model's losses are read from the shards, where
+    # `odyssey score CONFIG` stores them once before training (trainer/scoring.py). null: every target
+    select_top: float | None = Field(default=None, gt=0, le=1)
 
     @model_validator(mode="after")
     def _known_categories(self) -> "LossCfg":
@@ -215,6 +219,13 @@ class Config(Section):
             dup = {n for n in names if names.count(n) > 1}
             if dup:
                 raise ValueError(f"{what}: duplicate name(s) {sorted(dup)}")
+        return self
+
+    @model_validator(mode="after")
+    def _selection_needs_head_loss(self) -> "Config":
+        if self.loss.select_top is not None and self.model.loss_impl == "plain":
+            raise ValueError("loss.select_top selects inside the chunked or fused head loss; model.loss_impl plain "
+                             "(the model's own loss) has none: use auto")
         return self
 
     @property

@@ -112,6 +112,9 @@ def _open_and_check(cfg: Config, tokenizer_fp: dict, validate: bool, hashes: boo
     seq_len = next(iter(seq_lens.values()))
     if cfg.data.seq_len is not None and cfg.data.seq_len != seq_len:
         raise ManifestError(f"data.seq_len={cfg.data.seq_len} but the domains were packed with seq_len={seq_len}")
+    from trainer.scoring import check_scored
+
+    check_scored(cfg, domains)
     return domains, seq_len
 
 
@@ -192,21 +195,39 @@ def drop_excluded(labels: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
     return labels.masked_fill(excluded[labels.clamp(min=0)] & (labels >= 0), IGNORE)
 
 
+BASE_LOSSES = "base_losses"
+
+
 def _collate(batch: list[dict]) -> dict:
-    """{input_ids, labels: [micro_batch, length] int64, sample_ids: the samples' global ids for the ledger}."""
+    """{input_ids, labels: [micro_batch, length] int64, sample_ids: the samples' global ids for the ledger, and with
+    loss.select_top base_losses: [micro_batch, length - 1] float16, the base model's losses on these samples}."""
     out = batch_of(batch)
     out["sample_ids"] = np.array([b[SAMPLE_ID] for b in batch], dtype=np.int64)
+    if BASE_LOSSES in batch[0]:
+        out[BASE_LOSSES] = torch.from_numpy(np.stack([b[BASE_LOSSES] for b in batch]))
     return out
+
+
+_opened_scores: dict[str, np.ndarray] = {}  # per process (a loader worker opens its own): score file → memmap
 
 
 def _dataset_class():
     from streaming import StreamingDataset
 
     class LedgeredDataset(StreamingDataset):
-        """StreamingDataset whose samples carry their global sample id (for the sample ledger)."""
+        """StreamingDataset whose samples carry their global sample id (for the sample ledger) and, given the
+        streams' score files (trainer/scoring.py, in stream order), the base model's losses on the sample."""
+        scores: list[str] | None = None
 
         def get_item(self, sample_id: int, retry: int = 7):
-            return {**super().get_item(sample_id, retry), SAMPLE_ID: int(sample_id)}
+            item = {**super().get_item(sample_id, retry), SAMPLE_ID: int(sample_id)}
+            if self.scores:
+                stream = int(np.searchsorted(self.sample_offset_per_stream, sample_id, side="right")) - 1
+                path = self.scores[stream]
+                if path not in _opened_scores:
+                    _opened_scores[path] = np.load(path, mmap_mode="r")
+                item[BASE_LOSSES] = np.array(_opened_scores[path][sample_id - self.sample_offset_per_stream[stream]])
+            return item
 
     return LedgeredDataset
 
@@ -247,6 +268,9 @@ def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.de
         replication=None, batching_method=cfg.data.mixing if mixed else "random",
         **({"predownload": ALL_AHEAD} if all_local else {}),
     )
+    from trainer.scoring import stream_scores
+
+    dataset.scores = stream_scores(cfg, domains)
     workers = loader_workers(cfg.data.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return StreamingDataLoader(dataset, batch_size=cfg.data.micro_batch, num_workers=workers, collate_fn=_collate,
                                drop_last=True, persistent_workers=False, pin_memory=device.type == "cuda",

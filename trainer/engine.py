@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from data_prep.config import set_dotted
-from trainer.config import Config, ConfigError, flatten
+from trainer.config import Config, ConfigError, ModelCfg, flatten
 from trainer.model import resolve_dtype
 
 
@@ -269,6 +269,25 @@ def build_engine(cfg: Config, ds_config: dict, load_model, total_steps: int):
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
     )
     return engine, scheduler, dschf
+
+
+def inference_model(cfg: ModelCfg, zero3: bool, device: torch.device):
+    """(model, keep-alive) for scoring, no optimizer: a plain model on this rank's device, or a ZeRO-3 inference
+    engine's module, each rank materialising only its partition (keep the second value alive while scoring)."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from trainer.model import load_model
+
+    if not zero3:
+        return load_model(cfg).to(device).eval(), None
+    dtype = resolve_dtype(cfg.dtype)
+    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+          "bf16": {"enabled": dtype == "bf16"}, "fp16": {"enabled": dtype == "fp16"}}
+    keep = HfDeepSpeedConfig(ds)  # alive while from_pretrained runs, so each rank materialises only its partition
+    engine = deepspeed.initialize(model=load_model(cfg), config=ds)[0]
+    return engine.module.eval(), (keep, engine)
 
 
 def retrace_zero3(engine) -> bool:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from data_prep.shards import IGNORE
+from trainer.selection import select_top
 
 CHUNK_BYTES = 256 * 2**20  # fp32 logits of one chunk
 
@@ -89,10 +90,15 @@ class LossHead(nn.Linear):
     (`per_token`: the [N] losses of eval, else the mean over the targets). `kernel` is "liger" or "chunked"."""
     kernel = "chunked"
 
-    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, per_token: bool = False):
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None, per_token: bool = False,
+                select: tuple[torch.Tensor, float] | None = None):
         if targets is None:
             return super().forward(hidden)
         hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+        if select is not None:  # Rho-1: the loss over the kept targets only (inside this forward: one ZeRO gather)
+            base, fraction = select
+            now = head_token_losses(hidden.detach(), self.weight, targets)
+            targets = targets.masked_fill(~select_top(now, base.reshape(-1), targets != IGNORE, fraction), IGNORE)
         if per_token:
             return head_token_losses(hidden, self.weight, targets)
         if not torch.is_grad_enabled():
@@ -147,9 +153,11 @@ def use_head_loss(model, impl: str) -> str:
     return f"loss: chunked linear cross-entropy ({chunk_rows(vocab)} tokens a chunk)"
 
 
-def _forward_with_head_loss(model, plain_forward, *args, labels=None, per_token: bool = False, **kwargs):
+def _forward_with_head_loss(model, plain_forward, *args, labels=None, per_token: bool = False,
+                            select: tuple[torch.Tensor, float] | None = None, **kwargs):
     """The model's forward, except that with `labels` the loss comes from the head (shifted as HF shifts: position i
-    predicts label i + 1) and no logits are returned. `per_token` returns [batch, seq - 1] losses as `.loss`."""
+    predicts label i + 1) and no logits are returned. `per_token` returns [batch, seq - 1] losses as `.loss`;
+    `select` = (the base model's [batch, seq - 1] losses, fraction) keeps the top fraction by excess loss (Rho-1)."""
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
     if labels is None:
@@ -157,7 +165,7 @@ def _forward_with_head_loss(model, plain_forward, *args, labels=None, per_token:
     for unused in ("use_cache", "logits_to_keep", "return_dict"):
         kwargs.pop(unused, None)
     hidden = getattr(model, model.base_model_prefix)(*args, use_cache=False, **kwargs).last_hidden_state
-    loss = model.get_output_embeddings()(hidden[:, :-1], targets=labels[:, 1:], per_token=per_token)
+    loss = model.get_output_embeddings()(hidden[:, :-1], targets=labels[:, 1:], per_token=per_token, select=select)
     if per_token:
         loss = loss.view(labels.shape[0], -1)
     return CausalLMOutputWithPast(loss=loss)

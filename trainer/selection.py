@@ -6,7 +6,9 @@ Per micro-batch, over its scored target positions p (label != -100):
     keep the k = ceil(fraction · n) positions of largest excess (n: the scored positions; ties broken by position),
     loss = Σ_{p kept} loss_p / k.
 Everything stays on the device: the ranks of the positions come from one sort, compared with k as a tensor, so no
-count ever reaches the host (no sync per micro-batch)."""
+count ever reaches the host (no sync per micro-batch). The output head applies it inside its own forward
+(trainer/loss.py: LossHead), where the hidden states and the gathered head weight give both losses: the kept
+targets keep their labels, the others become -100, and the chunked or fused loss takes the mean over the kept."""
 from __future__ import annotations
 
 import torch
@@ -22,7 +24,3 @@ def select_top(losses: torch.Tensor, base: torch.Tensor, scored: torch.Tensor, f
     k = torch.ceil(scored.sum() * fraction)
     return ((rank < k) & scored.reshape(-1)).view_as(losses)
 
-
-def selective_loss(losses: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """The mean loss over the kept positions (0 where none is kept: a micro-batch without targets)."""
-    return (losses * keep).sum() / keep.sum().clamp(min=1)

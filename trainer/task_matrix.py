@@ -36,7 +36,8 @@ from trainer.args import matrix_arguments, rank_args
 from trainer.config import ConfigError, ModelCfg, TrackingCfg
 from trainer.dist import Dist, failure_of, init_distributed, stop_together
 from trainer.journal import read_records
-from trainer.model import load_model, load_tokenizer, resolve_dtype
+from trainer.engine import inference_model
+from trainer.model import load_tokenizer, resolve_dtype
 from trainer.task_eval import open_task_rows, score_task, task_set
 from trainer.tracking import Tracker
 
@@ -150,22 +151,6 @@ def model_folder(m: MatrixModel, out: Path, dist: Dist) -> Path:
     return dst
 
 
-def load_scoring_model(path: Path, dtype: str, zero3: bool, device):
-    """(model, keep-alive): a plain model on this rank's device, or a ZeRO-3 inference engine's module."""
-    cfg = ModelCfg(path=str(path), dtype=dtype)
-    if not zero3:
-        return load_model(cfg).to(device).eval(), None
-    import deepspeed
-    from transformers.integrations import HfDeepSpeedConfig
-
-    ds = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-          "bf16": {"enabled": dtype == "bf16"}, "fp16": {"enabled": dtype == "fp16"}}
-    keep = HfDeepSpeedConfig(ds)  # alive while from_pretrained runs, so each rank materialises only its partition
-    engine = deepspeed.initialize(model=load_model(cfg), config=ds)[0]
-    return engine.module.eval(), (keep, engine)
-
-
 def demo_pool(t: MatrixTest, shots: int) -> str:
     """The prepared task whose training split gives `t`'s k-shot demonstrations: the test set's own folder (the
     reference study draws each test set's demonstrations from its own few-shot pool) when it holds `shots`
@@ -205,7 +190,7 @@ def score_model(cfg: MatrixCfg, m: MatrixModel, todo: list[tuple[MatrixTest, int
     """Every (test set, shots) cell of one model; rank 0 appends each to cells.jsonl as it is scored."""
     out = Path(cfg.out)
     folder = model_folder(m, out, dist)
-    model, keep = load_scoring_model(folder, cfg.dtype, cfg.zero3, dist.device)
+    model, keep = inference_model(ModelCfg(path=str(folder), dtype=cfg.dtype), cfg.zero3, dist.device)
     tokenizer = load_tokenizer(ModelCfg(path=str(folder), tokenizer=m.tokenizer))
     cells = []
     for test, shots in todo:

@@ -32,11 +32,12 @@ from data_prep.redact import load_env_file, redact_tree
 from trainer import checkpoint
 from trainer.args import rank_args, train_arguments
 from trainer.config import Config, ConfigError, load_config
-from trainer.data import (Batches, build_train_loader, check_domains, drop_excluded, excluded_targets,
+from trainer.data import (BASE_LOSSES, Batches, build_train_loader, check_domains, drop_excluded, excluded_targets,
                           model_inputs, open_eval_sets)
 from trainer.dist import failure_of, init_distributed, stop_together
 from trainer.engine import build_engine, choose_optimizer, fill_ds_config, parameter_counts, retrace_zero3
 from trainer.ledger import Ledger
+from trainer.loss import LossHead, head_loss_supported
 from trainer.meter import Meter, detect_peak_tflops, flops_per_token
 from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
 from trainer.plan import (apply_stage, check_model_limits, device_bytes, model_config, model_shape, tokens_per_step,
@@ -148,6 +149,9 @@ class Trainer:
         if self.engine.device != self.dist.device:
             raise RuntimeError(f"DeepSpeed placed the engine on {self.engine.device}, this rank chose "
                                f"{self.dist.device}")
+        if cfg.loss.select_top is not None and not isinstance(self.engine.module.get_output_embeddings(), LossHead):
+            raise ConfigError(f"loss.select_top selects inside the head loss, which this model cannot use "
+                              f"({head_loss_supported(self.engine.module)})")
         self.n_params, self.n_local = parameter_counts(self.engine.module)
         self.attn_impl = self.engine.module.config._attn_implementation  # how packed task rows are masked
         self.dtype = DTYPES[cfg.model.dtype]
@@ -239,7 +243,9 @@ class Trainer:
             on_device = {k: v.to(self.dist.device, non_blocking=True) for k, v in batch.items()}
             if self.excluded is not None:
                 on_device["labels"] = drop_excluded(on_device["labels"], self.excluded)
-            loss = self.engine(**model_inputs(on_device, self.attn_impl, self.dtype)).loss
+            base = on_device.pop(BASE_LOSSES, None)  # loss.select_top: Rho-1 selection in the head loss
+            inputs = model_inputs(on_device, self.attn_impl, self.dtype)
+            loss = self.engine(**inputs, **({} if base is None else {"select": (base, self.cfg.loss.select_top)})).loss
             self.stats.add(loss)
             if micro == accumulation - 1:  # a bad loss anywhere turns this one into NaN: DeepSpeed skips the update
                 loss = loss * self.stats.agree(self.stop_request.signum is not None)

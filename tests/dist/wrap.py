@@ -8,6 +8,9 @@ test switches). Started by the deepspeed launcher: `deepspeed --num_gpus 2 --mod
                                    gathered (and how many there are), in DIR/gathered-rank<R>.json at exit
   TEST_RECORD_BATCHES=DIR          every training forward's input_ids and labels, as the model gets them, in
                                    DIR/batches-rank<R>.json at exit
+  TEST_RECORD_SELECTION=DIR        every Rho-1 selection (loss.select_top) in a training forward: the batch's input_ids,
+                                   the current and base losses, the scored and the kept positions, in
+                                   DIR/selection-rank<R>.json at exit
   TEST_KILL_IN_SAVE=1              right after DeepSpeed wrote the shards of the first checkpoint this job saves
                                    (before COMPLETE), the last rank SIGKILLs its process group: start the job in a
                                    session of its own
@@ -188,6 +191,30 @@ def record_batches(out_dir: str) -> None:
     atexit.register(lambda: (Path(out_dir) / f"batches-rank{os.environ['RANK']}.json").write_text(json.dumps(seen)))
 
 
+def record_selection(out_dir: str) -> None:
+    import deepspeed.runtime.engine as ds_engine
+
+    import trainer.loss
+
+    original_forward, original_select = ds_engine.DeepSpeedEngine.forward, trainer.loss.select_top
+    seen: list[dict] = []
+
+    def forward(self, *args, **kwargs):
+        if self.module.training:
+            seen.append({"input_ids": kwargs["input_ids"].tolist()})
+        return original_forward(self, *args, **kwargs)
+
+    def select_top(losses, base, scored, fraction):
+        keep = original_select(losses, base, scored, fraction)
+        seen[-1].update(now=losses.tolist(), base=base.tolist(), scored=scored.tolist(), keep=keep.tolist(),
+                        fraction=fraction)
+        return keep
+
+    ds_engine.DeepSpeedEngine.forward = forward
+    trainer.loss.select_top = select_top
+    atexit.register(lambda: (Path(out_dir) / f"selection-rank{os.environ['RANK']}.json").write_text(json.dumps(seen)))
+
+
 if __name__ == "__main__":
     if os.environ.get("TEST_LOSS_FAULTS"):
         inject_loss_faults(os.environ["TEST_LOSS_FAULTS"])
@@ -197,6 +224,8 @@ if __name__ == "__main__":
         record_gathered(os.environ["TEST_RECORD_GATHERED"])
     if os.environ.get("TEST_RECORD_BATCHES"):
         record_batches(os.environ["TEST_RECORD_BATCHES"])
+    if os.environ.get("TEST_RECORD_SELECTION"):
+        record_selection(os.environ["TEST_RECORD_SELECTION"])
     if os.environ.get("TEST_KILL_IN_SAVE"):
         kill_in_save()
     if os.environ.get("TEST_NODE_LOCAL"):

@@ -38,7 +38,7 @@ def test_an_unknown_category_is_refused_naming_the_categories():
 
 
 def test_rho1_selection_keeps_exactly_the_top_fraction_by_excess_loss():
-    from trainer.selection import select_top, selective_loss
+    from trainer.selection import select_top
 
     losses = torch.tensor([[2.0, 5.0, 1.0, 4.0], [3.0, 0.5, 6.0, 2.0]])
     base = torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 9.0]])
@@ -46,10 +46,36 @@ def test_rho1_selection_keeps_exactly_the_top_fraction_by_excess_loss():
     # excess over scored positions: 1, 4, -, 3 | 2, -0.5, 5, -7; n = 7, 0.5 -> k = 4: 5, 4, 3, 2
     keep = select_top(losses, base, scored, 0.5)
     assert keep.tolist() == [[False, True, False, True], [True, False, True, False]]
-    assert selective_loss(losses, keep).item() == pytest.approx((5 + 4 + 3 + 6) / 4)
     assert select_top(losses, base, scored, 1.0).tolist() == scored.tolist()
     assert select_top(losses, base, scored, 0.01).sum() == 1  # at least one: ceil
     ties = select_top(torch.ones(1, 4), torch.zeros(1, 4), torch.ones(1, 4, dtype=torch.bool), 0.5)
     assert ties.tolist() == [[True, True, False, False]]  # equal excess: the earlier positions
-    none = torch.zeros(1, 4, dtype=torch.bool)
-    assert selective_loss(losses[:1], select_top(losses[:1], base[:1], none, 0.5)).item() == 0.0
+    assert not select_top(losses, base, torch.zeros(2, 4, dtype=torch.bool), 0.5).any()
+
+
+def test_the_head_loss_with_selection_is_the_mean_over_the_kept_targets_and_its_gradient():
+    """LossHead(select=...) against plain autograd: cross-entropy per target, the top 30 % by excess over the base
+    kept, their mean; the same loss and the same gradients of the hidden states and the head's weight."""
+    import torch.nn.functional as F
+
+    from trainer.loss import LossHead
+    from trainer.selection import select_top
+
+    torch.manual_seed(0)
+    head = LossHead(8, 16, bias=False)
+    hidden = torch.randn(2, 5, 8, requires_grad=True)
+    targets = torch.randint(0, 16, (2, 5))
+    targets[0, 0] = -100
+    base = torch.rand(2, 5) * 3
+    loss = head(hidden, targets=targets, select=(base, 0.3))
+    loss.backward()
+    got = (loss.item(), hidden.grad.clone(), head.weight.grad.clone())
+    hidden.grad, head.weight.grad = None, None
+    per_token = F.cross_entropy(F.linear(hidden, head.weight).reshape(-1, 16), targets.reshape(-1),
+                                reduction="none", ignore_index=-100).view(2, 5)
+    keep = select_top(per_token, base, targets != -100, 0.3)
+    assert keep.sum() == 3  # ceil(0.3 * 9)
+    want = (per_token * keep).sum() / keep.sum()
+    want.backward()
+    assert got[0] == pytest.approx(want.item(), rel=1e-6)
+    assert torch.allclose(got[1], hidden.grad, atol=1e-6) and torch.allclose(got[2], head.weight.grad, atol=1e-6)
