@@ -198,33 +198,40 @@ def cmd_evaluate_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """This process scores (alone or as a launched rank), or N local ranks are started."""
+    """This process scores (alone, or as a launched rank), or N local ranks are started."""
+    from trainer.scoring import run_scoring
+
     if args.nproc is None and launched_rank():
-        from trainer.scoring import run_scoring
-
         run_scoring(args.config, args.overrides, args.needed_only)
-        return 0
-    return launch_scoring(args.config, args.overrides, args.nproc or 1, args.master_port, args.needed_only)
+    elif args.nproc and args.nproc > 1:
+        return launch_scoring(args.config, args.overrides, args.nproc, args.master_port, args.needed_only)
+    elif scoring_wanted(args.config, args.overrides, args.needed_only):
+        run_scoring(args.config, args.overrides)
+    return 0
 
 
-def launch_scoring(config: str, overrides: list[str], nproc: int, port: int = master_port(),
-                   needed_only: bool = False) -> int:
-    """`odyssey score` on this machine: checked first (config, domains, tokenizer), then this process scores, or
-    `nproc` local ranks under the deepspeed launcher. `needed_only`: nothing unless the config sets
-    loss.select_top. Returns the exit code."""
+def scoring_wanted(config: str, overrides: list[str], needed_only: bool) -> bool:
+    """Whether `odyssey score` has work (`needed_only`: only where the config sets loss.select_top), checked as far
+    as it can be before any rank starts: config, tokenizer, domains, the model's limits."""
     from trainer.config import load_config
 
     cfg = load_config(config, overrides)
     if needed_only and cfg.loss.select_top is None:
-        return 0
-    cfg.loss.select_top = None  # what this makes is what select_top requires
+        return False
+    cfg.loss.select_top = None  # what scoring makes is what select_top requires
     check_inputs(cfg)
-    if nproc > 1:
-        return deepspeed_launch("trainer.scoring", [config, *overrides], nproc, port)
-    from trainer.scoring import run_scoring
+    return True
 
-    run_scoring(config, overrides)
-    return 0
+
+def launch_scoring(config: str, overrides: list[str], nproc: int, port: int = master_port(),
+                   needed_only: bool = False) -> int:
+    """`odyssey score` in child processes, as `launch_local` starts training: one, or `nproc` ranks under the
+    deepspeed launcher. Returns the exit code."""
+    if not scoring_wanted(config, overrides, needed_only):
+        return 0
+    if nproc == 1:
+        return subprocess.call([sys.executable, "-m", "trainer.scoring", config, *overrides])
+    return deepspeed_launch("trainer.scoring", [config, *overrides], nproc, port)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
