@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-tasks test test-fast bench gpu-wheels-check clean system-deps
+.PHONY: install demo demo-remedies demo-tasks test test-fast bench gpu-wheels-check clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m demo.run
+
+# Adapt or not (issue 25): SmolLM2-135M on the nearest and farthest demo domains, plain / 25% replay / excluded
+# uninformative tokens, with log-spaced evals; prints the variant table.
+demo-remedies: $(STAMP)
+	$(PY) -m demo.run --remedies
 
 # The task study (issue 13): SmolLM2-135M fine-tuned on four real tasks, plain and FTICL, then the generalization matrix.
 demo-tasks: $(STAMP)

@@ -23,25 +23,33 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="demo_out", help="output folder (prepared domains, the study)")
     ap.add_argument("--tasks", action="store_true", help="the task study instead (make demo-tasks)")
+    ap.add_argument("--remedies", action="store_true", help="adapt or not: two domains x three variants instead "
+                                                            "(make demo-remedies)")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     if args.tasks:
         return task_demo(out)
+    if args.remedies:
+        return domain_demo(out, "remedies", "remedies.yaml", "one child run per domain and variant")
+    return domain_demo(out, "study", "study.yaml", "one child run per domain")
+
+
+def domain_demo(out: Path, name: str, template: str, children: str) -> int:
+    """A study of the demo domains from the template in demo/ (`make demo`, `make demo-remedies`)."""
     started = time.time()
     model = build_smollm2()
     texts = build_domains(list(DOMAINS))
-    template = string.Template((HERE / "study.yaml").read_text())
-    study_yaml = template.substitute(model=model, texts=CACHE / "text", out=out)
+    study_yaml = string.Template((HERE / template).read_text()).substitute(model=model, texts=CACHE / "text", out=out)
     if set(texts) != set(DOMAINS):
         log(f"the demo needs the domains {sorted(DOMAINS)}; only {sorted(texts)} could be built here", tag="demo")
         return 1
-    rc = run_study(out, "study", study_yaml)
+    rc = run_study(out, name, study_yaml)
     if rc:
         return rc
-    store = out / "study" / "mlflow.db"
+    store = out / name / "mlflow.db"
     console.out(f"\nDemo finished in {time.time() - started:.0f}s.")
-    console.out(f"Report: {out / 'study' / 'report' / 'index.html'}")
-    console.out(f"MLflow: sqlite:///{store} (parent run 'odyssey-demo' with one child run per domain)")
+    console.out(f"Report: {out / name / 'report' / 'index.html'}")
+    console.out(f"MLflow: sqlite:///{store} ({children} under the parent run)")
     console.out(f"Look at it with:  .venv/bin/mlflow ui --backend-store-uri sqlite:///{store}")
     return 0
 

@@ -5,7 +5,9 @@ Per run (a model on a domain in a variant), from its last eval:
 - delta_ppl: the domain's own test perplexity minus at step 0 (what adaptation gained: negative is better);
 - forgetting: ppl / ppl at step 0 − 1 on the model's reference (the stand-in for its pretraining data: positive is
   ability lost);
-- the stability gap of both (analysis/stability.py): depth, and the step the run was back at the base model.
+- the stability gap of both (analysis/stability.py): depth, and the step the run was back at the base model;
+- the token transitions on the domain (analysis/transitions.py): the shares of scored positions low→high (known to
+  the base model, lost) and high→low (learned).
 
 Per model and domain, the best variant on each axis: the lowest delta_ppl, the lowest forgetting.
 
@@ -54,7 +56,7 @@ def variant_table(rows: list[dict]) -> list[dict]:
     table = []
     for (model, domain), runs in groups.items():
         variants = {r["variant"]: {k: r.get(k) for k in ("label", "delta_ppl", "ppl_ratio", "forgetting", "gap",
-                                                         "ref_gap")} for r in runs}
+                                                         "ref_gap", "transitions")} for r in runs}
         best = {}
         for axis, key in AXES.items():
             measured = [r for r in runs if r.get(key) is not None and r[key] == r[key]]

@@ -11,12 +11,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from analysis.transitions import CLASSES  # noqa: E402
 from data_prep import console
 from data_prep.disk import write_atomic  # noqa: E402
 from data_prep.similarity import MEASURES  # noqa: E402
 from study.findings import findings  # noqa: E402
 from study.remedies import loo_fit, remedy_metrics, variant_table  # noqa: E402
-from study.report_html import gap_text, number, remedies_section, section, write_html  # noqa: E402
+from study.report_html import gap_text, number, remedies_section, section, transition_text, write_html  # noqa: E402
 
 
 def domain_result(client, experiment: str, parent_id: str, key: str, domain: str, run_dir: Path,
@@ -40,8 +41,10 @@ def domain_result(client, experiment: str, parent_id: str, key: str, domain: str
         return {k: last_of.get(f"stability/{name}/{k}") for k in ("depth", "worst_step", "recovery_step")}
 
     ref_ratio = last_of.get(f"eval/{reference}/ppl_ratio")
+    shares = {c: last_of.get(f"tokens/{domain}/{c}_share") for c in CLASSES}  # analysis/transitions.py
     return {"domain": domain, "run_id": run.info.run_id, "ppl0": ppl[0].value, "ppl_last": ppl[-1].value,
             "forgetting": None if ref_ratio is None else ref_ratio - 1, "gap": gap(domain), "ref_gap": gap(reference),
+            "transitions": shares if None not in shares.values() else None,
             "last_step": last, "delta_ppl": ppl[-1].value - ppl[0].value, "ppl_ratio": ppl[-1].value / ppl[0].value,
             "topk_share": tokens.get("topk_share"), "category_share": tokens.get("category_share", {}),
             "total_delta": tokens.get("total_delta"), "category_count": tokens.get("category_count", {}),
@@ -198,14 +201,15 @@ def print_remedies(table: list[dict], fits: dict[str, dict], primary: str) -> No
     """The adapt-or-not table: per model and domain each variant's Δppl, forgetting and stability gaps."""
     width = max(14, *(len(str(v)) for t in table for v in t["variants"]))
     console.out(f"\nadapt or not: {'model/domain':<24} {'variant':<{width}} {'Δppl':>8} {'forgetting':>11}  "
-                f"{'gap (domain)':<30} gap (reference)")
+                f"{'gap (domain)':<30} {'gap (reference)':<30} tokens (domain)")
     for t in table:
         for name, v in t["variants"].items():
             best = [axis for axis, b in t["best"].items() if b == name and len(t["variants"]) > 1]
             mark = f"  best: {', '.join(best)}" if best else ""
             console.out(f"{'':14}{t['model'] + '/' + t['domain']:<24} {str(name or '-'):<{width}} "
                         f"{number(v['delta_ppl'], '+.2f'):>8} {number(v['forgetting'], '+.1%'):>11}  "
-                        f"{gap_text(v['gap']):<30} {gap_text(v['ref_gap'])}{mark}")
+                        f"{gap_text(v['gap']):<30} {gap_text(v['ref_gap']):<30} "
+                        f"{transition_text(v.get('transitions'))}{mark}")
     for model, f in fits.items():
         console.out(f"{model}: Δppl ≈ {number(f['intercept'], '.3g')} + {number(f['slope'], '.3g')} × {primary}; "
                     f"leave-one-out RMSE {number(f['loo_rmse'], '.3g')} against a spread (std) of "

@@ -69,11 +69,19 @@ def gap_text(g: dict | None) -> str:
     return f"+{g['depth']:.1%} @ {g['worst_step']:.0f}, " + ("not back" if back is None else f"back @ {back:.0f}")
 
 
+def transition_text(shares: dict | None) -> str:
+    """The token transitions that change: low→high (the base model's easy tokens lost) and high→low (learned)."""
+    if not shares:
+        return "n/a"
+    return f"L→H {shares['lh']:.1%}, H→L {shares['hl']:.1%}"
+
+
 def remedies_section(table: list[dict], fits: dict[str, dict], primary: str, variants: list) -> str:
     """Adapt or not: per model and domain every variant's gain, forgetting and stability gaps side by side, the best
     on each axis, and how well similarity alone predicted Δppl (study/remedies.py)."""
     head = "".join(f"<th>{e(h)}</th>" for h in ["model / domain", "variant", "Δppl (domain)", "forgetting (reference)",
-                                                  "stability gap (domain)", "stability gap (reference)"])
+                                                  "stability gap (domain)", "stability gap (reference)",
+                                                  "token transitions (domain)"])
     body = ""
     for entry in table:
         for name, v in entry["variants"].items():
@@ -82,7 +90,8 @@ def remedies_section(table: list[dict], fits: dict[str, dict], primary: str, var
             best = f" (best: {', '.join(marks)})" if marks else ""
             body += (f"<tr><td>{e(label)}</td><td>{e(str(name or '-'))}{best}</td>"
                      f"<td>{number(v['delta_ppl'], '+.2f')}</td><td>{number(v['forgetting'], '+.1%')}</td>"
-                     f"<td>{e(gap_text(v['gap']))}</td><td>{e(gap_text(v['ref_gap']))}</td></tr>")
+                     f"<td>{e(gap_text(v['gap']))}</td><td>{e(gap_text(v['ref_gap']))}</td>"
+                     f"<td>{e(transition_text(v.get('transitions')))}</td></tr>")
     fit = "".join(f"<li>{e(m)}: Δppl ≈ {number(f['intercept'], '.3g')} + {number(f['slope'], '.3g')} × {e(primary)} "
                   f"over {f['n']} domains; leave-one-out error {number(f['loo_rmse'], '.3g')} (RMSE), "
                   f"{number(f['loo_mae'], '.3g')} (MAE), against a spread of {number(f['std'], '.3g')} "
@@ -90,8 +99,10 @@ def remedies_section(table: list[dict], fits: dict[str, dict], primary: str, var
                   "</li>" for m, f in fits.items())
     which = f"the variants ({', '.join(e(str(v)) for v in variants)})" if variants != [None] else "the runs"
     return f"""<h2>Adapt or not</h2><p>Per domain, {which}: Δppl on the domain (negative: adaptation helped),
-forgetting on the model's reference (its ppl ratio to step 0 − 1: positive is ability lost), and the stability gap
-of each (the deepest rise above the base model, and the eval where it was back).</p>
+forgetting on the model's reference (its ppl ratio to step 0 − 1: positive is ability lost), the stability gap
+of each (the deepest rise above the base model, and the eval where it was back), and the domain's token transitions
+at the last eval (the shares of scored tokens the base model predicted well and the run now predicts badly, L→H, and
+the reverse, H→L; docs/ANALYSIS.md).</p>
 <table><tr>{head}</tr>{body}</table>
 <h3>Does similarity alone predict the outcome?</h3><ul>{fit}</ul>"""
 

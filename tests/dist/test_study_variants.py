@@ -2,7 +2,7 @@
 reference, Rho-1 selection and WSD), one child run each under the parent run. The remedy's runs take its sections and
 the replay stream, the base model's losses are scored once per domain before them, and the report answers "adapt or
 not": every variant side by side per domain with the best on each axis, the leave-one-out fit of Δppl on similarity
-(recomputed here from the rows), the same numbers in summary.json, the parent run's metrics and tags, and the HTML."""
+(recomputed here from the rows), each run's token transitions, the same numbers in summary.json, the parent run's metrics and tags, and the HTML."""
 import json
 import math
 
@@ -75,6 +75,9 @@ similarity: {{chunks: 16}}
         for v, row in by_variant.items():
             assert t["variants"][v]["forgetting"] == pytest.approx(row["forgetting"])
             assert t["variants"][v]["gap"]["depth"] >= 0
+            assert t["variants"][v]["transitions"] == row["transitions"]  # the shares at the last eval
+            assert sum(row["transitions"].values()) == pytest.approx(1) and set(row["transitions"]) == {
+                "ll", "lh", "hl", "hh"}
 
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
     parent_id = json.loads((out / "study_state.json").read_text())["parent_run_id"]
@@ -93,4 +96,5 @@ similarity: {{chunks: 16}}
     page = (out / "report" / "index.html").read_text()
     assert page.index("<h2>Adapt or not</h2>") < page.index("Per domain")
     assert "Does similarity alone predict the outcome?" in page and "leave-one-out error" in page
+    assert page.count("L→H ") >= 6  # every run's token transitions
     assert "adapt or not:" in r.stdout and r.stdout.count(" remedy ") >= 3
