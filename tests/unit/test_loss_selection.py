@@ -79,3 +79,24 @@ def test_the_head_loss_with_selection_is_the_mean_over_the_kept_targets_and_its_
     want.backward()
     assert got[0] == pytest.approx(want.item(), rel=1e-6)
     assert torch.allclose(got[1], hidden.grad, atol=1e-6) and torch.allclose(got[2], head.weight.grad, atol=1e-6)
+
+
+def test_select_top_needs_the_head_loss_and_a_fraction_in_range():
+    tree = {"model": {"path": "m", "loss_impl": "plain"}, "data": {"streams": [{"name": "d", "path": "x"}]},
+            "loss": {"select_top": 0.6}}
+    with pytest.raises(ConfigError, match="loss.select_top selects inside the chunked or fused head loss"):
+        config_from_dict(tree)
+    with pytest.raises(ConfigError, match="select_top"):
+        config_from_dict({**tree, "model": {"path": "m"}, "loss": {"select_top": 1.5}})
+
+
+def test_streams_that_cannot_be_scored_say_why(tmp_path):
+    from trainer.data import Domain
+    from trainer.scoring import scoring_problem
+
+    remote = scoring_problem(Domain("web", tmp_path, "s3://bucket/web", {"kind": "lm"}), "m")
+    assert "stream 'web' is remote (s3://bucket/web)" in remote and "prepare it locally" in remote
+    task = scoring_problem(Domain("qa", tmp_path, None, {"kind": "task"}), "m")
+    assert "stream 'qa' is task data" in task
+    unscored = scoring_problem(Domain("d", tmp_path, None, {"kind": "lm"}), str(tmp_path))
+    assert "stream 'd' has no base-model losses" in unscored and "run `odyssey score CONFIG`" in unscored
