@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import sys
 from pathlib import Path
 
@@ -100,10 +101,11 @@ def score_split(domain: Domain, key: str, cfg: Config, dist: Dist, model) -> Pat
     tmp = path.with_name(f".{path.stem}.tmp.npy")
     rows = EvalSet(open_split(**domain.split("train")), domain.manifest["seq_len"])
     shape = (rows.num_samples, rows.length - 1)
-    if dist.main:
-        stop_together(failure_of(new_memmap, tmp, shape), dist)
-    else:
-        stop_together(None, dist)
+    stop_together(failure_of(new_memmap, tmp, shape) if dist.main else None, dist)
+    unseen = None if tmp.is_file() else (f"odyssey score: rank {dist.rank} on {socket.gethostname()} cannot see {tmp}, "
+                                         f"which rank 0 made: score where the domain folder is shared by every rank "
+                                         f"(one node, or a shared filesystem)")
+    stop_together(unseen, dist)
     scores = np.load(tmp, mmap_mode="r+")
     model.eval()
     with torch.no_grad(), writing(tmp):
