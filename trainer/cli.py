@@ -89,23 +89,26 @@ def preflight(config: str, overrides: list[str], resume: str | None, world: int)
     from trainer.config import load_config
     from trainer.engine import fill_ds_config
 
+    from trainer.scoring import check_scored
+
     cfg = load_config(config, overrides)
-    check_inputs(cfg)
+    check_scored(cfg, check_inputs(cfg))
     fill_ds_config(cfg, world_size=world)  # DeepSpeed's own config model checks it (trainer/engine.py)
     checkpoint.starting_tag(cfg.run_dir / "checkpoints", resume, Dist(world=world), fast=True)  # the ranks hash
 
 
-def check_inputs(cfg) -> None:
+def check_inputs(cfg) -> dict:
     """The tokenizer, the domains (sizes only: the ranks hash the shards, once per node, on the nodes that read them,
-    before any weight loads) and the model's limits."""
+    before any weight loads) and the model's limits. Returns the domains."""
     from data_prep.manifest import tokenizer_fingerprint
     from trainer.data import check_domains
     from trainer.model import load_tokenizer
     from trainer.plan import check_model_limits, model_config
 
     tokenizer = load_tokenizer(cfg.model)
-    _, seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer), hashes=False)
+    domains, seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer), hashes=False)
     check_model_limits(cfg.model, model_config(cfg.model.path, cfg.model.trust_remote_code), seq_len, len(tokenizer))
+    return domains
 
 
 def launch_local(config: str, overrides: list[str], nproc: int, resume: str | None = None,

@@ -112,9 +112,6 @@ def _open_and_check(cfg: Config, tokenizer_fp: dict, validate: bool, hashes: boo
     seq_len = next(iter(seq_lens.values()))
     if cfg.data.seq_len is not None and cfg.data.seq_len != seq_len:
         raise ManifestError(f"data.seq_len={cfg.data.seq_len} but the domains were packed with seq_len={seq_len}")
-    from trainer.scoring import check_scored
-
-    check_scored(cfg, domains)
     return domains, seq_len
 
 
@@ -246,9 +243,11 @@ def loader_workers(configured: int | None, device: torch.device, local_world: in
 ALL_AHEAD = 2**62  # samples: more than any epoch
 
 
-def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.device):
+def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.device,
+                       scores: list[str] | None = None):
     """The mixed training stream. On a GPU, batches come from worker processes in pinned memory, so the copy to the
-    device is asynchronous (`non_blocking=True` in the loop)."""
+    device is asynchronous (`non_blocking=True` in the loop). `scores`: the streams' base-model loss files in stream
+    order (loss.select_top; trainer/scoring.py: stream_scores), whose rows the batches then carry."""
     from streaming import Stream, StreamingDataLoader
 
     mixed = len(cfg.data.streams) > 1
@@ -268,9 +267,7 @@ def build_train_loader(cfg: Config, domains: dict[str, Domain], device: torch.de
         replication=None, batching_method=cfg.data.mixing if mixed else "random",
         **({"predownload": ALL_AHEAD} if all_local else {}),
     )
-    from trainer.scoring import stream_scores
-
-    dataset.scores = stream_scores(cfg, domains)
+    dataset.scores = scores
     workers = loader_workers(cfg.data.num_workers, device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return StreamingDataLoader(dataset, batch_size=cfg.data.micro_batch, num_workers=workers, collate_fn=_collate,
                                drop_last=True, persistent_workers=False, pin_memory=device.type == "cuda",

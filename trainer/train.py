@@ -43,6 +43,7 @@ from trainer.model import DTYPES, load_model, load_tokenizer, resolve_dtype
 from trainer.plan import (apply_stage, check_model_limits, device_bytes, model_config, model_shape, tokens_per_step,
                           total_steps)
 from trainer.preempt import StopRequest
+from trainer.scoring import check_scored, stream_scores
 from trainer.state import FINISHED, RunState
 from trainer.step_stats import StepStats
 from trainer.tracking import Tracker, params_for
@@ -98,6 +99,7 @@ class Trainer:
         checkpoint.check_shared(self.run_dir, self.dist)
         tokenizer = load_tokenizer(cfg.model)  # data checks first: cheap, and they fail before any weight loads
         self.domains, self.seq_len = check_domains(cfg, tokenizer_fingerprint(tokenizer), self.dist)
+        check_scored(cfg, self.domains)  # loss.select_top: the base model's losses stored with every stream
         self.hf_config = model_config(cfg.model.path, cfg.model.trust_remote_code)
         check_model_limits(cfg.model, self.hf_config, self.seq_len, len(tokenizer))
         self.excluded = excluded_targets(tokenizer, cfg, self.dist.device)  # loss.exclude_categories
@@ -138,7 +140,7 @@ class Trainer:
         cfg = self.cfg
         self.stage_choice = self._choose_stage()
         self.optimizer_choice = choose_optimizer(self.ds_config, self.dist.device)
-        self.loader = build_train_loader(cfg, self.domains, self.dist.device)
+        self.loader = build_train_loader(cfg, self.domains, self.dist.device, stream_scores(cfg, self.domains))
         self.batches = Batches(self.loader)
         self.tokens_per_step = tokens_per_step(cfg, self.seq_len, self.dist.world)
         self.max_steps = total_steps(cfg, self.tokens_per_step, len(self.loader.dataset))
