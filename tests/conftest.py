@@ -70,3 +70,24 @@ def _mtime(path: Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return 0.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_streaming_shared_memory():
+    """mosaicml-streaming's SharedMemory registers its own cleanup with atexit, so every dataset a test opens in this
+    process keeps its /dev/shm files open until the process exits: ~20,000 over the whole suite, the open-file limit
+    (docs/PITFALLS.md). The ones a module's tests made are released when the module ends, as a process exit would."""
+    from streaming.base.shared import memory
+
+    made = []
+    original = memory.SharedMemory.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
+
+    memory.SharedMemory.__init__ = init
+    yield
+    memory.SharedMemory.__init__ = original
+    for shm in made:
+        shm.cleanup()
