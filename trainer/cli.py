@@ -88,7 +88,6 @@ def preflight(config: str, overrides: list[str], resume: str | None, world: int)
     from trainer import checkpoint
     from trainer.config import load_config
     from trainer.engine import fill_ds_config
-
     from trainer.scoring import check_scored
 
     cfg = load_config(config, overrides)

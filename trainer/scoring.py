@@ -42,14 +42,22 @@ def split_hash(domain: Domain) -> str:
     return hashlib.sha256((domain.local / "train" / "index.json").read_bytes()).hexdigest()[:16]
 
 
-def scoring_problem(domain: Domain, model_path: str) -> str | None:
-    """Why this stream cannot take `loss.select_top` (None: its scores are there and current)."""
+def unscorable(domain: Domain) -> str | None:
+    """Why this stream can never be scored (None: it can): task data, or shards that are not local."""
     if domain.manifest.get("kind", "lm") != "lm":
         return (f"stream '{domain.name}' is task data; loss.select_top selects among the tokens of packed pretraining "
                 f"rows (a task's loss is its targets only)")
     if domain.remote is not None:
         return (f"stream '{domain.name}' is remote ({domain.remote}); loss.select_top reads base-model losses stored "
                 f"with local shards: prepare it locally and run odyssey score")
+    return None
+
+
+def scoring_problem(domain: Domain, model_path: str) -> str | None:
+    """Why this stream cannot take `loss.select_top` (None: its scores are there and current)."""
+    why = unscorable(domain)
+    if why:
+        return why
     path = scores_file(domain, model_hash(model_path))
     meta = path.with_suffix(".json")
     if not (path.is_file() and meta.is_file()):
@@ -86,11 +94,11 @@ def streams_to_score(cfg: Config, domains: dict[str, Domain]) -> list[Domain]:
     todo = []
     for s in cfg.data.streams:
         domain = domains[s.name]
-        problem = scoring_problem(domain, cfg.model.path)
-        if problem is None:
+        why = unscorable(domain)
+        if why:
+            raise ConfigError(f"odyssey score: {why}")
+        if scoring_problem(domain, cfg.model.path) is None:
             log(f"{s.name}: base-model losses already current ({scores_file(domain, model_hash(cfg.model.path))})")
-        elif domain.remote is not None or domain.manifest.get("kind", "lm") != "lm":
-            raise ConfigError(f"odyssey score: {problem}")
         else:
             todo.append(domain)
     return todo
