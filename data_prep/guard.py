@@ -3,8 +3,9 @@ modules under a launcher): a known bad input, an `OdysseyError`, is one line on 
 met by any write; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
+import gc
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 from data_prep import console
 from data_prep.disk import unnamed_full
@@ -38,3 +39,12 @@ def leave_process_group() -> None:
     distributed = sys.modules.get("torch.distributed")  # only a process that imported it can have joined a group
     if distributed is not None and distributed.is_available() and distributed.is_initialized():
         distributed.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a `python -m` entry point whose work is done (never a library call: cyclic garbage made before it is
+    never collected). The interpreter's last cyclic collection walks every object that importing torch, transformers
+    and DeepSpeed made, ~1.7 s per process for nothing at exit; frozen, they are skipped. atexit handlers and module
+    teardown run as before."""
+    gc.freeze()
+    sys.exit(code)

@@ -80,15 +80,33 @@ def setup_study(path: str | Path) -> tuple[StudyCfg, Tracker, dict[str, dict]]:
     log(f"study {study.name}: parent MLflow run {tracker.run_id} at {tracker.uri}", tag="study")
     similarity, measured = {}, {}
     for model in study.model_list:
+        trees = []
         for dom in study.domains:  # each run config is validated here, before any training
             for variant in study.variant_names:
-                tree = child_config(study, model, dom.name, paths[model.name], tracker.run_id, tracker.uri,
-                                    variant)
+                trees.append(child_config(study, model, dom.name, paths[model.name], tracker.run_id, tracker.uri,
+                                          variant))
                 write_atomic(config_path(out, study.run_key(model.name, dom.name, variant)),
-                             yaml.safe_dump(tree, sort_keys=False))
+                             yaml.safe_dump(trees[-1], sort_keys=False))
+        scoring = scoring_config(trees)
+        if scoring:
+            write_atomic(scoring_path(out, model.name), yaml.safe_dump(scoring, sort_keys=False))
         similarity[model.name] = model_similarity(study, model, paths[model.name], tokenizers[model.name], tracker,
                                                   measured)
     return study, tracker, similarity
+
+
+def scoring_config(trees: list[dict]) -> dict | None:
+    """The `odyssey score` config of one model's runs with loss.select_top (None: it has none): their streams
+    together (each domain, and the reference where replayed), so the study scores them in one pass, one model load,
+    rather than one per run."""
+    selective = [t for t in trees if t.get("loss", {}).get("select_top") is not None]
+    if not selective:
+        return None
+    streams = {s["name"]: {"name": s["name"], "path": s["path"]} for t in selective for s in t["data"]["streams"]}
+    data = {k: v for k, v in selective[0]["data"].items() if k != "mixing"}
+    tree = {**selective[0], "data": {**data, "streams": list(streams.values())}}
+    config_from_dict(tree)
+    return tree
 
 
 def model_similarity(study: StudyCfg, model: StudyModel, paths: dict[str, Path], tokenizer, tracker,
@@ -115,6 +133,10 @@ def model_similarity(study: StudyCfg, model: StudyModel, paths: dict[str, Path],
 
 def config_path(out: Path, key: str) -> Path:
     return out / "configs" / f"{key}.yaml"
+
+
+def scoring_path(out: Path, model: str) -> Path:
+    return out / "scoring" / f"{model}.yaml"
 
 
 def finished(out: Path, key: str) -> bool:
@@ -147,26 +169,35 @@ def run_study(path: str | Path) -> dict:
 
 
 def train_each(out: Path, keys: list[str], nproc: int, tracker: Tracker) -> None:
-    """Each unfinished run in turn on this machine (an interrupted one resumes); a failure ends the parent run."""
+    """Each unfinished run in turn on this machine (an interrupted one resumes), after one scoring pass per model
+    for the runs with loss.select_top; a failure ends the parent run."""
     from trainer.cli import launch_local, launch_scoring
 
+    todo = [key for key in keys if not finished(out, key)]
     for key in keys:
-        if finished(out, key):
+        if key not in todo:
             log(f"{key}: finished earlier, skipped", tag="study")
-            continue
+    scoring = sorted((out / "scoring").glob("*.yaml")) if todo else []
+    for path in scoring:  # streams already scored (a restarted study) are skipped before any process starts
+        log(f"base-model losses for loss.select_top ({path.stem}), {nproc} rank(s)", tag="study")
+        launched(lambda: launch_scoring(str(path), [], nproc), f"the scoring pass {path}", tracker)
+    for key in todo:
         resume = "auto" if (out / "runs" / key / "checkpoints").is_dir() else None
         log(f"{key}: training ({'resuming' if resume else 'fresh'}), {nproc} rank(s)", tag="study")
-        try:
-            # loss.select_top: the base model's losses on the run's streams first (once per model and domain)
-            rc = launch_scoring(str(config_path(out, key)), [], nproc, needed_only=True) or \
-                launch_local(str(config_path(out, key)), [], nproc, resume)
-        except OdysseyError:  # the checks before any rank starts: one line that names the problem
-            tracker.end("FAILED")
-            raise
-        if rc:
-            tracker.end("FAILED")
-            raise StudyError(f"the run {key} failed (exit {rc}); fix it and run the study again to continue from "
-                             f"there")
+        launched(lambda: launch_local(str(config_path(out, key)), [], nproc, resume), f"the run {key}", tracker)
+
+
+def launched(job, what: str, tracker: Tracker) -> None:
+    """Run a job of the study; a failure ends the parent run: one line for a bad input (the checks before any rank
+    starts), the exit code otherwise."""
+    try:
+        rc = job()
+    except OdysseyError:
+        tracker.end("FAILED")
+        raise
+    if rc:
+        tracker.end("FAILED")
+        raise StudyError(f"{what} failed (exit {rc}); fix it and run the study again to continue from there")
 
 
 def finish_study(study: StudyCfg, tracker: Tracker, similarity: dict[str, dict]) -> dict:

@@ -213,16 +213,17 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def scoring_wanted(config: str, overrides: list[str], needed_only: bool) -> bool:
-    """Whether `odyssey score` has work (`needed_only`: only where the config sets loss.select_top), checked as far
-    as it can be before any rank starts: config, tokenizer, domains, the model's limits."""
+    """Whether `odyssey score` has work: a stream without current scores (`needed_only`: only where the config sets
+    loss.select_top), checked as far as it can be before any rank starts: config, tokenizer, domains, the model's
+    limits; a stream that can never be scored is one line."""
     from trainer.config import load_config
+    from trainer.scoring import streams_to_score
 
     cfg = load_config(config, overrides)
     if needed_only and cfg.loss.select_top is None:
         return False
     cfg.loss.select_top = None  # what scoring makes is what select_top requires
-    check_inputs(cfg)
-    return True
+    return bool(streams_to_score(cfg, check_inputs(cfg)))
 
 
 def launch_scoring(config: str, overrides: list[str], nproc: int, port: int = master_port(),

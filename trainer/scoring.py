@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 from analysis.baseline import model_hash
 from data_prep.console import log
 from data_prep.disk import write_atomic, writing
+from data_prep.guard import exit_process, guarded
 from data_prep.shards import open_split
 from trainer.config import Config, ConfigError
 from trainer.data import Domain, EvalSet, eval_batches
@@ -174,7 +174,6 @@ def run_scoring(config: str, overrides: list[str], needed_only: bool = False) ->
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m trainer.scoring`, what the deepspeed launcher starts on every rank for `odyssey score`."""
-    from data_prep.guard import guarded
     from trainer.args import rank_args, score_arguments
 
     args = rank_args("odyssey score", score_arguments, argv)
@@ -187,4 +186,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -16,7 +16,6 @@ import gc
 import hashlib
 import io
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Literal
@@ -29,7 +28,7 @@ from analysis.task_scores import cell_kind, generalization
 from data_prep.config import Section, read_yaml, validate
 from data_prep.console import log
 from data_prep.disk import DiskFull, append, write_atomic
-from data_prep.guard import guarded
+from data_prep.guard import exit_process, guarded
 from data_prep.task_examples import placeholders
 from data_prep.tasks import template_list
 from trainer.args import matrix_arguments, rank_args
@@ -291,4 +290,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import socket
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ import yaml
 from analysis.stability import log_spaced_steps
 from data_prep.console import log
 from data_prep.disk import write_atomic
-from data_prep.guard import guarded
+from data_prep.guard import exit_process, guarded
 from data_prep.manifest import tokenizer_fingerprint
 from data_prep.redact import load_env_file, redact_tree
 from trainer import checkpoint
@@ -424,4 +423,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -1,5 +1,6 @@
 """The real SmolLM2-135M (fetched from PyPI and converted by demo/assets.py) under 2-rank ZeRO-3: halt + resume gives
 the uninterrupted run's losses, and the export loads with from_pretrained and scores the same loss."""
+import shutil
 import time
 
 import pytest
@@ -31,7 +32,8 @@ eval: {{interval: 0, max_samples: 4, micro_batch: 2}}
 checkpoint: {{interval: 2}}
 tracking: {{experiment: test}}
 """)
-    return cfg, root
+    yield cfg, root
+    shutil.rmtree(root, ignore_errors=True)  # 1.6 GiB of checkpoints: the rest of the suite needs the disk
 
 
 def test_smollm2_resume_and_export(smol):

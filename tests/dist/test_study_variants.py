@@ -1,6 +1,6 @@
 """`odyssey study` with variants: three domains × two variants (plain, and a remedy with 25 % replay from the
 reference, Rho-1 selection and WSD), one child run each under the parent run. The remedy's runs take its sections and
-the replay stream, the base model's losses are scored once per domain before them, and the report answers "adapt or
+the replay stream, the base model's losses of all their streams are scored in one pass before the first run, and the report answers "adapt or
 not": every variant side by side per domain with the best on each axis, the leave-one-out fit of Δppl on similarity
 (recomputed here from the rows), each run's token transitions, the same numbers in summary.json, the parent run's metrics and tags, and the HTML."""
 import json
@@ -56,7 +56,10 @@ similarity: {{chunks: 16}}
     assert "loss" not in plain and [s["name"] for s in plain["data"]["streams"]] == ["prose"]
     key = model_hash(assets["model"])
     prepared = {p.parent.parent.parent.name for p in out.rglob(f"train/base_losses/{key}.npy")}
-    assert prepared == {"prose", "code", "shuffled", "web"}  # scored once each, before the remedy's runs only
+    assert prepared == {"prose", "code", "shuffled", "web"}  # the remedy's streams only
+    # in one pass (one model load) before the first run
+    assert r.stdout.count("base-model losses of") == 4 and r.stdout.count("base-model losses for") == 1
+    assert r.stdout.index("base-model losses for") < r.stdout.index("prose/plain: training")
 
     summary = json.loads((out / "study" / "summary.json").read_text())
     rows = summary["rows"]
