@@ -8,7 +8,6 @@ if not sys.flags.safe_path and sys.path and os.path.abspath(sys.path[0] or ".") 
     sys.path.pop(0)
 os.environ.setdefault("PYTHONSAFEPATH", "1")
 
-from data_prep.guard import exit_process  # noqa: E402
-from odyssey.cli import main  # noqa: E402
+from odyssey.cli import console  # noqa: E402
 
-exit_process(main())
+console()

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 from odyssey.own_packages import check_own_packages
 
 check_own_packages()  # before importing them: a stranger's `trainer` would fail below, or half-work
 
 from data_prep import cli as prep_cli  # noqa: E402
-from data_prep.guard import guarded  # noqa: E402
+from data_prep.guard import exit_process, guarded  # noqa: E402
 from study import cli as study_cli  # noqa: E402
 from trainer import cli as trainer_cli  # noqa: E402
 
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(lambda: args.func(args))
 
 
+def console() -> NoReturn:
+    """The `odyssey` command (and `python -m odyssey`): main, then the process ends without the interpreter's last
+    collection over everything it imported (data_prep/guard.py: exit_process)."""
+    exit_process(main())
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """`odyssey ARGV` as main reads it (the docs test checks every documented command with it); a bad argument is
     argparse's usage line and exit 2."""
@@ -61,4 +68,4 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -207,8 +207,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         run_scoring(args.config, args.overrides, args.needed_only)
     elif args.nproc and args.nproc > 1:
         return launch_scoring(args.config, args.overrides, args.nproc, args.master_port, args.needed_only)
-    elif scoring_wanted(args.config, args.overrides, args.needed_only):
-        run_scoring(args.config, args.overrides)
+    else:  # alone: the checks first (model limits included), then the pass, which says what is already current
+        scoring_wanted(args.config, args.overrides, args.needed_only)
+        run_scoring(args.config, args.overrides, args.needed_only)
     return 0
 
 

@@ -93,14 +93,11 @@ def streams_to_score(cfg: Config, domains: dict[str, Domain]) -> list[Domain]:
     """The training streams without current scores for this model; one line for a stream that cannot be scored."""
     todo = []
     for s in cfg.data.streams:
-        domain = domains[s.name]
-        why = unscorable(domain)
+        why = unscorable(domains[s.name])
         if why:
             raise ConfigError(f"odyssey score: {why}")
-        if scoring_problem(domain, cfg.model.path) is None:
-            log(f"{s.name}: base-model losses already current ({scores_file(domain, model_hash(cfg.model.path))})")
-        else:
-            todo.append(domain)
+        if scoring_problem(domains[s.name], cfg.model.path) is not None:
+            todo.append(domains[s.name])
     return todo
 
 
@@ -164,12 +161,15 @@ def run_scoring(config: str, overrides: list[str], needed_only: bool = False) ->
     cfg.loss.select_top = None  # what this pass makes is what select_top requires
     dist = init_distributed()
     domains, _ = check_domains(cfg, tokenizer_fingerprint(load_tokenizer(cfg.model)), dist)
-    todo = streams_to_score(cfg, domains)
+    todo, key = streams_to_score(cfg, domains), model_hash(cfg.model.path)
+    for s in cfg.data.streams:
+        if domains[s.name] not in todo:
+            log(f"{s.name}: base-model losses already current ({scores_file(domains[s.name], key)})")
     if not todo:
         return []
     cfg.model.dtype = resolve_dtype(cfg.model.dtype)
     model, keep = inference_model(cfg.model, dist.world > 1, dist.device)
-    return [score_split(domain, model_hash(cfg.model.path), cfg, dist, model) for domain in todo]
+    return [score_split(domain, key, cfg, dist, model) for domain in todo]
 
 
 def main(argv: list[str] | None = None) -> int:
