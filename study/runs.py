@@ -79,6 +79,7 @@ def setup_study(path: str | Path) -> tuple[StudyCfg, Tracker, dict[str, dict]]:
     write_atomic(state_path, json.dumps(state, indent=2))
     log(f"study {study.name}: parent MLflow run {tracker.run_id} at {tracker.uri}", tag="study")
     similarity, measured = {}, {}
+    shutil.rmtree(out / "scoring", ignore_errors=True)  # written again below: none left from an earlier study file
     for model in study.model_list:
         trees = []
         for dom in study.domains:  # each run config is validated here, before any training
