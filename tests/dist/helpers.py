@@ -1,4 +1,6 @@
 """Shared by the multi-process tests: start `odyssey train` with N local ranks, read a run back from MLflow."""
+import base64
+import json
 import os
 import signal
 import socket
@@ -47,9 +49,11 @@ def wrapped(cfg, *args, nproc=2, env=None) -> tuple[list[str], dict]:
     if nproc == 1:
         c = [sys.executable, "-m", "tests.dist.wrap", str(cfg), *args]
     else:
-        launcher = os.path.join(os.path.dirname(sys.executable), "deepspeed")
-        c = [launcher, "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "tests.dist.wrap",
-             str(cfg), *args]
+        # DeepSpeed's per-node launcher, as `deepspeed --num_gpus N` starts it on one node (tests/launch runs the
+        # `deepspeed` runner itself): one process importing DeepSpeed fewer
+        world = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(nproc))}).encode()).decode()
+        c = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}",
+             "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--module", "tests.dist.wrap", str(cfg), *args]
     return c, {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": ROOT, **(env or {})}
 
 

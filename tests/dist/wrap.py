@@ -1,5 +1,6 @@
 """Runs `trainer.train` as one rank, with faults and probes the tests put in from their side (the product code has no
-test switches). Started by the deepspeed launcher: `deepspeed --num_gpus 2 --module tests.dist.wrap CONFIG ...`.
+test switches). Started by DeepSpeed's per-node launcher, as `deepspeed --num_gpus 2 --module tests.dist.wrap CONFIG
+...` would start it (tests/dist/helpers.py: wrapped).
 
   TEST_LOSS_FAULTS="3:nan,6:1000"  on the last rank, the Nth training forward's loss becomes NaN, or is multiplied
   TEST_RECORD_COLLECTIVES=DIR      every tensor that trainer/ code hands to a torch.distributed collective is recorded
