@@ -134,10 +134,8 @@ def deepspeed_launch(module: str, forwarded: list[str], nproc: int, port: int) -
 
     from deepspeed.launcher import launch
 
-    world_info = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(nproc))}).encode()).decode()
     argv, handlers = sys.argv, {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    sys.argv = ["deepspeed.launcher.launch", f"--world_info={world_info}", "--master_addr=127.0.0.1",
-                f"--master_port={port}", "--module", module, *forwarded]
+    sys.argv = launcher_argv(module, forwarded, nproc, port)
     try:
         launch.main()  # returns when every rank ended well; exits with the failed rank's code (or 1 on a signal)
         return 0
@@ -147,6 +145,14 @@ def deepspeed_launch(module: str, forwarded: list[str], nproc: int, port: int) -
         sys.argv = argv
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def launcher_argv(module: str, forwarded: list[str], nproc: int, port: int) -> list[str]:
+    """`deepspeed.launcher.launch ...` for `nproc` ranks of `python -m module ...` on this node: what the
+    `deepspeed` runner passes it for one node."""
+    world_info = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(nproc))}).encode()).decode()
+    return ["deepspeed.launcher.launch", f"--world_info={world_info}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", "--module", module, *forwarded]
 
 
 def dry_run(args: argparse.Namespace) -> int:

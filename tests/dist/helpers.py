@@ -1,6 +1,4 @@
 """Shared by the multi-process tests: start `odyssey train` with N local ranks, read a run back from MLflow."""
-import base64
-import json
 import os
 import signal
 import socket
@@ -51,9 +49,9 @@ def wrapped(cfg, *args, nproc=2, env=None) -> tuple[list[str], dict]:
     else:
         # DeepSpeed's per-node launcher, as `deepspeed --num_gpus N` starts it on one node (tests/launch runs the
         # `deepspeed` runner itself): one process importing DeepSpeed fewer
-        world = base64.urlsafe_b64encode(json.dumps({"localhost": list(range(nproc))}).encode()).decode()
-        c = [sys.executable, "-u", "-m", "deepspeed.launcher.launch", f"--world_info={world}",
-             "--master_addr=127.0.0.1", f"--master_port={free_port()}", "--module", "tests.dist.wrap", str(cfg), *args]
+        from trainer.cli import launcher_argv
+
+        c = [sys.executable, "-u", "-m", *launcher_argv("tests.dist.wrap", [str(cfg), *args], nproc, free_port())]
     return c, {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": ROOT, **(env or {})}
 
 

@@ -1,8 +1,9 @@
 """`odyssey study` with variants: three domains × two variants (plain, and a remedy with 25 % replay from the
 reference, Rho-1 selection and WSD), one child run each under the parent run. The remedy's runs take its sections and
 the replay stream, the base model's losses of all their streams are scored in one pass before the first run, and the
-report answers "adapt or not": every variant side by side per domain with the best on each axis, the leave-one-out fit of Δppl on similarity
-(recomputed here from the rows), each run's token transitions, the same numbers in summary.json, the parent run's metrics and tags, and the HTML."""
+report answers "adapt or not": every variant side by side per domain with the best on each axis, the leave-one-out fit
+of Δppl on similarity (recomputed here from the rows), each run's token transitions, the same numbers in summary.json,
+the parent run's metrics and tags, and the HTML."""
 import json
 import math
 import subprocess
